@@ -24,8 +24,9 @@ from devstack.processes import (
     unprivileged_user,
 )
 from gateway import migrate
+from gateway.cli import SERVICE_MODULES
 
-SERVICES = ("authz",)
+SERVICES = tuple(SERVICE_MODULES)
 
 
 @dataclass
@@ -193,14 +194,16 @@ class Stack:
 
     def _start_service(self, name: str) -> None:
         self.ports[name] = free_port()
+        self.ports[f"{name}_metrics"] = free_port()
         if name == "authz":
             self.ports["admin"] = free_port()
-        self._proc(
-            name,
-            python_module("gateway.cli", name),
-            self.ports[name],
-            env=self.service_env(),
-        ).start()
+        env = self.service_env()
+        env["NZ_METRICS_PORT"] = str(self.ports[f"{name}_metrics"])
+        self._proc(name, python_module("gateway.cli", name), self.ports[name], env=env).start()
+
+    def metrics_url(self, service: str) -> str:
+        """The service's Prometheus endpoint (tests read counters from it)."""
+        return f"http://127.0.0.1:{self.ports[f'{service}_metrics']}/metrics"
 
     def _start_envoy(self) -> None:
         listener = self.config.listener_port or free_port()

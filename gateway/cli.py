@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import sys
 from collections.abc import Sequence
 
 from gateway.settings import load_settings
 
+# Each service's entry module exposes ``async def run(settings)``. The local stack starts
+# every service listed here, in this order.
+SERVICE_MODULES = {
+    "authz": "authz.main",
+}
+
 
 def _run_service(name: str) -> int:
-    cfg = load_settings()
-    if name == "authz":
-        from authz.main import run
-    else:  # pragma: no cover - argparse restricts the choices
-        raise SystemExit(f"unknown service {name}")
-    asyncio.run(run(cfg))
+    module = importlib.import_module(SERVICE_MODULES[name])
+    asyncio.run(module.run(load_settings()))
     return 0
 
 
@@ -37,7 +40,7 @@ def _dev(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neuronetz-gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("authz",):
+    for name in SERVICE_MODULES:
         p = sub.add_parser(name, help=f"run the {name} gRPC service")
         p.set_defaults(func=lambda a, n=name: _run_service(n))
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
