@@ -49,6 +49,8 @@ class Authorizer:
                 "x-nz-tenant": principal.tenant,
                 "x-nz-key-prefix": principal.prefix,
             },
-            remove_headers=("authorization", *IDENTITY_HEADERS),
+            # Identity headers overwrite whatever the client sent (Envoy applies removals
+            # after additions, so they must not be listed here).
+            remove_headers=("authorization",),
             metadata=identity,
         )

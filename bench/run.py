@@ -1,0 +1,253 @@
+"""Gateway overhead benchmark: raw Envoy → mock Ollama vs the full gateway, in one run.
+
+    .venv/bin/python -m bench.run [--seconds 5] [--concurrency 64] [--json out.json]
+
+Starts the local stack (real Envoy, PostgreSQL, Redis, our services, the mock Ollama) and a
+second Envoy with the same listener but no filters (router only), both on loopback, then
+drives both with the same requests from this process:
+
+* latency at concurrency 1 (p50/p99), non-streamed chat;
+* throughput at concurrency N (requests/s, p50/p99);
+* time to first byte of a streamed chat, at concurrency 1;
+* resident memory of our services after the load.
+
+Reports the overhead as a ratio and in milliseconds. Loopback only, bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+
+from devstack import envoyconf
+from devstack.processes import Proc, envoy_bin, free_port
+from devstack.stack import SERVICES, Stack, StackConfig
+from tests.gateway_client import Gateway
+
+CHAT = {
+    "model": "llama3.2",
+    "messages": [{"role": "user", "content": "benchmark me please"}],
+    "stream": False,
+    "options": {"num_predict": 4},
+}
+STREAM = {**CHAT, "stream": True}
+
+
+@dataclass
+class Row:
+    target: str
+    scenario: str
+    concurrency: int
+    requests: int
+    errors: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def load(
+    url: str,
+    headers: dict[str, str],
+    body: dict[str, Any],
+    concurrency: int,
+    seconds: float,
+    first_byte: bool = False,
+) -> tuple[list[float], int]:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    payload = json.dumps(body).encode()
+    hdrs = {**headers, "content-type": "application/json"}
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                try:
+                    async with session.post(url, data=payload, headers=hdrs) as resp:
+                        if first_byte:
+                            await resp.content.readany()
+                            latencies.append(time.perf_counter() - start)
+                            await resp.read()
+                        else:
+                            await resp.read()
+                            latencies.append(time.perf_counter() - start)
+                        if resp.status != 200:
+                            errors += 1
+                except aiohttp.ClientError:
+                    errors += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, errors
+
+
+def raw_envoy_config(stack: Stack, port: int, admin: int) -> dict[str, Any]:
+    """The shipped config with every HTTP filter but the router removed, and no access log."""
+    rendered = envoyconf.render(
+        envoyconf.ENVOY_DIR / "envoy.yaml",
+        port,
+        admin,
+        {
+            "ollama": [envoyconf.url_endpoint(u) for u in stack.ollama_urls],
+            **{name: [("127.0.0.1", stack.ports[name])] for name in SERVICES},
+        },
+    )
+    config = copy.deepcopy(rendered)
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for flt in chain["filters"]:
+                hcm = flt["typed_config"]
+                hcm["http_filters"] = [
+                    f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.router"
+                ]
+                hcm.pop("access_log", None)
+                for vhost in hcm["route_config"]["virtual_hosts"]:
+                    vhost.pop("rate_limits", None)
+                    vhost.pop("typed_per_filter_config", None)
+                    for route in vhost["routes"]:
+                        route.pop("typed_per_filter_config", None)
+                        if "route" in route:
+                            route["route"].pop("rate_limits", None)
+    return config
+
+
+def services_rss_mb(stack: Stack) -> float:
+    total = 0
+    for name in SERVICES:
+        popen = stack.procs[name].popen
+        if popen is None:
+            continue
+        proc = psutil.Process(popen.pid)
+        total += proc.memory_info().rss
+        total += sum(c.memory_info().rss for c in proc.children(recursive=True))
+    return total / (1 << 20)
+
+
+async def scenario_rows(
+    name: str, url: str, key: str, seconds: float, concurrency: int
+) -> list[Row]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    rows = []
+    await load(f"{url}/api/chat", headers, CHAT, 4, 1.0)  # warm caches and connections
+    for scenario, body, conc, first_byte in (
+        ("chat c=1", CHAT, 1, False),
+        (f"chat c={concurrency}", CHAT, concurrency, False),
+        ("stream TTFB c=1", STREAM, 1, True),
+    ):
+        lat, errors = await load(f"{url}/api/chat", headers, body, conc, seconds, first_byte)
+        rows.append(
+            Row(
+                target=name,
+                scenario=scenario,
+                concurrency=conc,
+                requests=len(lat),
+                errors=errors,
+                rps=len(lat) / seconds,
+                p50_ms=percentile(lat, 0.5) * 1000,
+                p99_ms=percentile(lat, 0.99) * 1000,
+            )
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+
+    stack = Stack(StackConfig(log_level="warning")).start()
+    raw: Proc | None = None
+    try:
+        gw = Gateway(stack)
+        key = gw.new_key(
+            tenant={
+                "requests_per_minute": 10_000_000,
+                "tokens_per_minute": 1_000_000_000,
+                "max_concurrent": 10_000,
+                "budget_daily": 10**15,
+            }
+        )
+        port, admin = free_port(), free_port()
+        path = envoyconf.write(raw_envoy_config(stack, port, admin), stack.work_dir / "raw.yaml")
+        raw = Proc(
+            "envoy-raw",
+            [
+                envoy_bin(),
+                "-c",
+                str(path),
+                "--disable-hot-restart",
+                "--concurrency",
+                "2",
+                "-l",
+                "warning",
+            ],
+            stack.work_dir / "logs",
+            port=port,
+        )
+        raw.start()
+        rows = asyncio.run(
+            scenario_rows(
+                "raw envoy", f"http://127.0.0.1:{port}", "", args.seconds, args.concurrency
+            )
+        )
+        rows += asyncio.run(
+            scenario_rows("gateway", stack.listener, key, args.seconds, args.concurrency)
+        )
+        rss = services_rss_mb(stack)
+    finally:
+        if raw is not None:
+            raw.stop()
+        stack.stop()
+
+    print(
+        f"\nmachine: {platform.machine()}, {psutil.cpu_count()} cores, "
+        f"{platform.python_implementation()} {platform.python_version()}\n"
+    )
+    print(
+        f"{'target':<10} {'scenario':<16} {'req':>7} {'err':>4} {'req/s':>8} "
+        f"{'p50 ms':>8} {'p99 ms':>8}"
+    )
+    for r in rows:
+        print(
+            f"{r.target:<10} {r.scenario:<16} {r.requests:>7} {r.errors:>4} {r.rps:>8.0f} "
+            f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f}"
+        )
+    print("\noverhead of the gateway over raw Envoy:")
+    half = len(rows) // 2
+    for base, gate in zip(rows[:half], rows[half:], strict=True):
+        print(
+            f"  {gate.scenario:<16} p50 +{gate.p50_ms - base.p50_ms:.2f} ms "
+            f"(x{gate.p50_ms / base.p50_ms:.2f}), p99 +{gate.p99_ms - base.p99_ms:.2f} ms "
+            f"(x{gate.p99_ms / base.p99_ms:.2f}), throughput x{gate.rps / base.rps:.2f}"
+        )
+    print(f"  services RSS after load: {rss:.0f} MB ({', '.join(SERVICES)})")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"rows": [asdict(r) for r in rows], "services_rss_mb": rss}, indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()
