@@ -55,9 +55,9 @@ def sse(text: str) -> list[tuple[str | None, str]]:
         data = ""
         for line in block.split("\n"):
             if line.startswith("event: "):
-                event = line[len("event: "):]
+                event = line[len("event: ") :]
             elif line.startswith("data: "):
-                data = line[len("data: "):]
+                data = line[len("data: ") :]
         out.append((event, data))
     return out
 
@@ -99,9 +99,15 @@ async def test_generate_counts_context_and_unknown_model(
     mock: tuple[TestClient[Any, Any], MockOllama],
 ) -> None:
     client, _ = mock
-    resp = await client.post("/api/generate", json={
-        "model": "qwen2.5:0.5b", "prompt": "one two three", "system": "four",
-        "options": {"num_predict": 2}})
+    resp = await client.post(
+        "/api/generate",
+        json={
+            "model": "qwen2.5:0.5b",
+            "prompt": "one two three",
+            "system": "four",
+            "options": {"num_predict": 2},
+        },
+    )
     frames = ndjson(await resp.text())
     assert [f["response"] for f in frames[:-1]] == ["token0", " token1"]
     final = frames[-1]
@@ -139,14 +145,18 @@ async def test_openai_stream_usage_only_when_asked(
     text = "".join(c["choices"][0]["delta"]["content"] for c in chunks)
     assert len(text.split()) == 3
 
-    resp = await client.post("/v1/chat/completions",
-                             json={**base, "stream_options": {"include_usage": True}})
+    resp = await client.post(
+        "/v1/chat/completions", json={**base, "stream_options": {"include_usage": True}}
+    )
     events = sse(await resp.text())
     assert events[-1] == (None, "[DONE]")
     usage_chunk = json.loads(events[-2][1])
     assert usage_chunk["choices"] == []
-    assert usage_chunk["usage"] == {"prompt_tokens": CHAT_WORDS, "completion_tokens": 3,
-                                    "total_tokens": CHAT_WORDS + 3}
+    assert usage_chunk["usage"] == {
+        "prompt_tokens": CHAT_WORDS,
+        "completion_tokens": 3,
+        "total_tokens": CHAT_WORDS + 3,
+    }
 
     resp = await client.post("/v1/chat/completions", json={**base, "stream": False})
     body = await resp.json()
@@ -172,13 +182,20 @@ async def test_error_after_knob_cuts_the_stream(
     assert all(f["done"] is False for f in frames[:2])
     assert frames[-1] == {"error": MOCK_ERROR}
 
-    resp = await client.post("/api/chat", json={**CHAT, "stream": False,
-                                                "options": {"mock_error_after": 2}})
+    resp = await client.post(
+        "/api/chat", json={**CHAT, "stream": False, "options": {"mock_error_after": 2}}
+    )
     assert resp.status == 500
 
-    resp = await client.post("/v1/chat/completions", json={
-        "model": "llama3.2", "messages": CHAT["messages"], "stream": True,
-        "options": {"mock_error_after": 1}})
+    resp = await client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "llama3.2",
+            "messages": CHAT["messages"],
+            "stream": True,
+            "options": {"mock_error_after": 1},
+        },
+    )
     events = sse(await resp.text())
     assert len(events) == 2
     assert json.loads(events[-1][1])["error"]["message"] == MOCK_ERROR
@@ -240,20 +257,26 @@ async def test_show_has_system_and_template(mock: tuple[TestClient[Any, Any], Mo
 @pytest.mark.asyncio
 async def test_embeddings(mock: tuple[TestClient[Any, Any], MockOllama]) -> None:
     client, _ = mock
-    body = await (await client.post("/api/embed", json={
-        "model": "nomic-embed-text", "input": ["a b c", "d"]})).json()
+    body = await (
+        await client.post("/api/embed", json={"model": "nomic-embed-text", "input": ["a b c", "d"]})
+    ).json()
     assert len(body["embeddings"]) == 2 and len(body["embeddings"][0]) == 8
     assert body["prompt_eval_count"] == 4
-    again = await (await client.post("/api/embed", json={
-        "model": "nomic-embed-text", "input": "a b c"})).json()
+    again = await (
+        await client.post("/api/embed", json={"model": "nomic-embed-text", "input": "a b c"})
+    ).json()
     assert again["embeddings"][0] == body["embeddings"][0]
 
-    legacy = await (await client.post("/api/embeddings", json={
-        "model": "nomic-embed-text", "prompt": "hi"})).json()
+    legacy = await (
+        await client.post("/api/embeddings", json={"model": "nomic-embed-text", "prompt": "hi"})
+    ).json()
     assert list(legacy) == ["embedding"] and len(legacy["embedding"]) == 8
 
-    oa = await (await client.post("/v1/embeddings", json={
-        "model": "nomic-embed-text", "input": ["x y", "z"]})).json()
+    oa = await (
+        await client.post(
+            "/v1/embeddings", json={"model": "nomic-embed-text", "input": ["x y", "z"]}
+        )
+    ).json()
     assert oa["object"] == "list" and [d["index"] for d in oa["data"]] == [0, 1]
     assert oa["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
 
@@ -263,21 +286,38 @@ async def test_anthropic_and_responses_streams(
     mock: tuple[TestClient[Any, Any], MockOllama],
 ) -> None:
     client, _ = mock
-    resp = await client.post("/v1/messages", json={
-        "model": "llama3.2", "max_tokens": 4, "stream": True, "system": "be nice",
-        "messages": [{"role": "user", "content": [{"type": "text", "text": "hello there"}]}]})
+    resp = await client.post(
+        "/v1/messages",
+        json={
+            "model": "llama3.2",
+            "max_tokens": 4,
+            "stream": True,
+            "system": "be nice",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hello there"}]}],
+        },
+    )
     events = sse(await resp.text())
     kinds = [e for e, _ in events]
     assert kinds == ["message_start", "content_block_start"] + ["content_block_delta"] * 4 + [
-        "content_block_stop", "message_delta", "message_stop"]
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
     start_ev = json.loads(events[0][1])
     assert start_ev["message"]["usage"]["input_tokens"] == 4
     delta = json.loads(events[-2][1])
     assert delta["usage"]["output_tokens"] == 4 and delta["usage"]["input_tokens"] == 4
 
-    resp = await client.post("/v1/responses", json={
-        "model": "llama3.2", "input": "one two", "instructions": "three",
-        "max_output_tokens": 2, "stream": True})
+    resp = await client.post(
+        "/v1/responses",
+        json={
+            "model": "llama3.2",
+            "input": "one two",
+            "instructions": "three",
+            "max_output_tokens": 2,
+            "stream": True,
+        },
+    )
     events = sse(await resp.text())
     kinds = [e for e, _ in events]
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
@@ -289,8 +329,9 @@ async def test_anthropic_and_responses_streams(
     seqs = [json.loads(d)["sequence_number"] for _, d in events]
     assert seqs == list(range(len(events)))
 
-    body = await (await client.post("/v1/responses", json={
-        "model": "llama3.2", "input": "one two"})).json()
+    body = await (
+        await client.post("/v1/responses", json={"model": "llama3.2", "input": "one two"})
+    ).json()
     assert body["object"] == "response" and body["status"] == "completed"
     assert body["usage"]["output_tokens"] == DEFAULT_OUTPUT_TOKENS
 
@@ -312,8 +353,7 @@ async def test_meta_endpoints_and_request_log(
     assert resp.status == 404
     assert (await resp.json())["error"]["param"] is None
 
-    await client.post("/api/chat", json={**CHAT, "stream": False},
-                      headers={"X-Trace": "abc"})
+    await client.post("/api/chat", json={**CHAT, "stream": False}, headers={"X-Trace": "abc"})
     last = state.requests[-1]
     assert (last.method, last.path) == ("POST", "/api/chat")
     assert last.headers["x-trace"] == "abc"
@@ -328,8 +368,9 @@ async def test_frame_delay_and_real_server() -> None:
         url = f"http://127.0.0.1:{bound_port(runner)}"
         async with aiohttp.ClientSession() as session:
             t0 = time.perf_counter()
-            async with session.post(f"{url}/api/chat", json={
-                    **CHAT, "options": {"num_predict": 3}}) as resp:
+            async with session.post(
+                f"{url}/api/chat", json={**CHAT, "options": {"num_predict": 3}}
+            ) as resp:
                 arrivals = []
                 async for line in resp.content:
                     if line.strip():
