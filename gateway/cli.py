@@ -14,6 +14,7 @@ from gateway.settings import load_settings
 # every service listed here, in this order.
 SERVICE_MODULES = {
     "authz": "authz.main",
+    "ratelimit": "ratelimit.main",
 }
 
 

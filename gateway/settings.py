@@ -33,6 +33,11 @@ class Settings(BaseModel):
     argon2_memory_kib: int = 19456
     redis_timeout_s: float = 0.25
 
+    # ratelimit
+    ratelimit_config: str = ""  # static YAML of domains; "": the shipped ratelimit/limits.yaml
+    ratelimit_deadline_s: float = 0.3  # Redis slower than this: error → Envoy answers 503
+    ratelimit_near_ratio: float = 0.8  # a window this full counts as near_limit in metrics
+
     @field_validator("ollama_urls", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:

@@ -1,0 +1,192 @@
+"""The static YAML of domains and descriptors: limits platform teams set in config, no code.
+
+The format follows envoyproxy/ratelimit's so it reads familiar::
+
+    domains:
+      - domain: gateway
+        descriptors:
+          - key: model                 # matches the descriptor entry ("model", <any value>)
+            value: "llama3*"           # optional; a trailing * matches a prefix
+            rate_limit: {unit: MINUTE, requests_per_unit: 100}
+            shadow_mode: false         # true: count and report, never reject
+            quota: requests            # optional: requests | tokens (OpenAI's headers)
+            descriptors: [...]         # nested entries of a longer descriptor
+
+A node matches one descriptor entry; a descriptor gets the node that matches its last entry.
+Siblings are tried exact value first, then prefix (``value: "x*"``), then key-only. A limit Envoy
+sends on the descriptor itself (the override) wins over ``rate_limit``; the node still decides
+``shadow_mode`` and ``quota``, and ``quota`` is inherited by nested nodes. A bad file is refused
+at start-up with the path of the offending node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ratelimit.descriptors import Entry, Limit, Unit
+
+DEFAULT_PATH = Path(__file__).resolve().parent / "limits.yaml"
+Quota = Literal["requests", "tokens"]
+
+
+class ConfigError(ValueError):
+    """The static config cannot be used; the message says where and why."""
+
+
+class _RateLimit(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    unit: Unit | None = None
+    requests_per_unit: int | None = Field(default=None, ge=0)
+    unlimited: bool = False
+
+    @model_validator(mode="after")
+    def _complete(self) -> _RateLimit:
+        if self.unlimited:
+            if self.unit is not None or self.requests_per_unit is not None:
+                raise ValueError("unlimited: true takes no unit or requests_per_unit")
+        elif self.unit is None or self.requests_per_unit is None:
+            raise ValueError("rate_limit needs unit and requests_per_unit (or unlimited: true)")
+        return self
+
+
+class _Node(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    key: str = Field(min_length=1)
+    value: str | None = None
+    rate_limit: _RateLimit | None = None
+    shadow_mode: bool = False
+    quota: Quota | None = None
+    descriptors: list[_Node] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_children(self) -> _Node:
+        _check_unique(self.descriptors)
+        return self
+
+
+class _Domain(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    domain: str = Field(min_length=1)
+    descriptors: list[_Node] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_children(self) -> _Domain:
+        _check_unique(self.descriptors)
+        return self
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    domains: list[_Domain] = Field(default_factory=list)
+
+
+def _check_unique(nodes: list[_Node]) -> None:
+    seen: set[tuple[str, str | None]] = set()
+    for node in nodes:
+        ident = (node.key, node.value)
+        if ident in seen:
+            raise ValueError(f"duplicate descriptor key={node.key!r} value={node.value!r}")
+        seen.add(ident)
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """What the static config says about one descriptor."""
+
+    limit: Limit | None = None
+    unlimited: bool = False
+    shadow_mode: bool = False
+    quota: Quota | None = None
+
+
+NO_MATCH = Match()
+
+
+class StaticConfig:
+    def __init__(self, domains: dict[str, list[_Node]]) -> None:
+        self._domains = domains
+
+    @property
+    def domains(self) -> list[str]:
+        return sorted(self._domains)
+
+    def match(self, domain: str, entries: tuple[Entry, ...]) -> Match:
+        nodes = self._domains.get(domain, [])
+        quota: Quota | None = None
+        node: _Node | None = None
+        for key, value in entries:
+            node = _pick(nodes, key, value)
+            if node is None:
+                return Match(quota=quota)
+            quota = node.quota or quota
+            nodes = node.descriptors
+        if node is None:
+            return NO_MATCH
+        rl = node.rate_limit
+        limit = None
+        if rl is not None and not rl.unlimited:
+            assert rl.unit is not None and rl.requests_per_unit is not None
+            limit = Limit(rl.requests_per_unit, rl.unit)
+        return Match(
+            limit=limit,
+            unlimited=rl is not None and rl.unlimited,
+            shadow_mode=node.shadow_mode,
+            quota=quota,
+        )
+
+
+def _pick(nodes: list[_Node], key: str, value: str) -> _Node | None:
+    prefix: _Node | None = None
+    default: _Node | None = None
+    for node in nodes:
+        if node.key != key:
+            continue
+        if node.value is None:
+            default = default or node
+        elif node.value == value:
+            return node
+        elif (
+            node.value.endswith("*")
+            and value.startswith(node.value[:-1])
+            and (prefix is None or len(node.value) > len(prefix.value or ""))
+        ):
+            prefix = node
+    return prefix or default
+
+
+def parse(text: str, source: str = "<string>") -> StaticConfig:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    try:
+        parsed = _File.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from exc
+    domains: dict[str, list[_Node]] = {}
+    for domain in parsed.domains:
+        if domain.domain in domains:
+            raise ConfigError(f"{source}: domain {domain.domain!r} is defined twice")
+        domains[domain.domain] = domain.descriptors
+    return StaticConfig(domains)
+
+
+def load(path: Path | str | None = None) -> StaticConfig:
+    """Load and validate the static config; raises ConfigError with a readable reason."""
+    file = Path(path) if path else DEFAULT_PATH
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror or exc}") from exc
+    return parse(text, str(file))

@@ -1,0 +1,149 @@
+"""The rate-limit decision in plain typed Python: descriptors → windows → statuses and headers.
+
+How hits count (the one place this rule lives):
+
+* a descriptor with its own ``hits_addend`` of 0 is a **check**: over when its window has no
+  room for one more unit; it records nothing (the tokens/min check at request time);
+* a descriptor with its own ``hits_addend`` of N > 0 is a **debit**: N is recorded whatever
+  the window says (tokens already spent, sent by Envoy after the stream);
+* any other descriptor is an **admission** of the request-level ``hits_addend`` (0 counts as
+  1): recorded only when every enforced window of the decision has room, so a rejected
+  request consumes nothing and N racing requests against a limit L admit exactly L.
+
+The limit is the descriptor's override when Envoy sends one, else the static config's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+from ratelimit import replies
+from ratelimit.config import Match, StaticConfig
+from ratelimit.descriptors import Descriptor, Limit, RateLimitRequest
+from ratelimit.status import Status
+from ratelimit.windows import Hit, Mode, Windows
+
+# Descriptor entries with a meaning for the RLS beyond counting (see docs/RATE_LIMITS.md).
+TENANT_ID_ENTRY = "tenant_id"  # the Redis Cluster hash tag of the descriptor's window
+TENANT_ENTRY = "tenant"  # the tenant label of metrics
+SURFACE_ENTRY = "surface"  # "openai": OpenAI's headers and error body; else Ollama's
+_EPS = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    over: bool
+    statuses: list[Status]
+    tenant: str = ""
+    response_headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    @property
+    def outcome(self) -> str:
+        """The metric's outcome: over_limit, shadow_over_limit, near_limit or ok."""
+        if self.over:
+            return "over_limit"
+        if any(s.shadow_over for s in self.statuses):
+            return "shadow_over_limit"
+        if any(s.near for s in self.statuses):
+            return "near_limit"
+        return "ok"
+
+
+def window_key(domain: str, descriptor: Descriptor) -> str:
+    """The Redis key of a descriptor's window: ``nz:{<tenant_id>}:rl:<domain>:<entries>``.
+
+    Windows of one tenant share its hash tag; descriptors without a tenant use the domain.
+    """
+    tag = descriptor.value(TENANT_ID_ENTRY) or domain
+    entries = "|".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in descriptor.entries)
+    return f"nz:{{{tag}}}:rl:{quote(domain, safe='')}:{entries}"
+
+
+def _hit(request: RateLimitRequest, descriptor: Descriptor, limit: Limit, shadow: bool) -> Hit:
+    if descriptor.hits_addend is not None:
+        hits = descriptor.hits_addend
+        mode = Mode.CHECK if hits == 0 else Mode.DEBIT
+    else:
+        hits = request.hits_addend or 1
+        mode = Mode.ADMIT
+    return Hit(
+        key=window_key(request.domain, descriptor),
+        limit=limit.requests_per_unit,
+        period_ms=limit.period_ms,
+        hits=hits,
+        mode=mode,
+        enforce=not shadow,
+    )
+
+
+def _ms(units: float, limit: Limit) -> int:
+    if limit.requests_per_unit <= 0:
+        return limit.period_ms
+    return max(0, math.ceil(units * limit.period_ms / limit.requests_per_unit - _EPS))
+
+
+class Decider:
+    def __init__(self, static: StaticConfig, windows: Windows, near_ratio: float = 0.8) -> None:
+        self._static = static
+        self._windows = windows
+        self._near = near_ratio
+
+    async def decide(self, request: RateLimitRequest) -> Decision:
+        """Raises ``WindowsUnavailable`` when Redis cannot answer: the caller fails closed."""
+        matches: list[Match] = []
+        hits: list[Hit] = []
+        limited: list[int] = []  # index into request.descriptors, per hit
+        for index, descriptor in enumerate(request.descriptors):
+            match = self._static.match(request.domain, descriptor.entries)
+            matches.append(match)
+            limit = descriptor.limit or match.limit
+            if limit is None:
+                continue
+            hits.append(_hit(request, descriptor, limit, match.shadow_mode))
+            limited.append(index)
+        rejected, outcomes = await self._windows.apply(hits)
+
+        statuses = [Status(over=False, quota=m.quota) for m in matches]
+        for index, hit, outcome in zip(limited, hits, outcomes, strict=True):
+            descriptor = request.descriptors[index]
+            limit = descriptor.limit or matches[index].limit
+            assert limit is not None
+            need = 1 if hit.mode is Mode.CHECK else hit.hits
+            retry = 0
+            if outcome.over:
+                retry = (
+                    limit.period_ms
+                    if need > limit.requests_per_unit
+                    else _ms(outcome.before + need - limit.requests_per_unit, limit)
+                )
+            statuses[index] = Status(
+                over=outcome.over and hit.enforce,
+                limit=limit,
+                remaining=max(0, math.floor(limit.requests_per_unit - outcome.after + _EPS)),
+                reset_ms=_ms(outcome.after, limit),
+                retry_ms=max(retry, 1) if outcome.over else 0,
+                shadow_over=outcome.over and not hit.enforce,
+                near=outcome.after >= self._near * limit.requests_per_unit,
+                quota=matches[index].quota,
+            )
+
+        surface = _entry(request, SURFACE_ENTRY) or ""
+        headers = replies.headers(statuses, surface, rejected)
+        return Decision(
+            over=rejected,
+            statuses=statuses,
+            tenant=_entry(request, TENANT_ENTRY) or "",
+            response_headers=headers,
+            body=replies.body(surface) if rejected else b"",
+        )
+
+
+def _entry(request: RateLimitRequest, key: str) -> str | None:
+    for descriptor in request.descriptors:
+        value = descriptor.value(key)
+        if value is not None:
+            return value
+    return None

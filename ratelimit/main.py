@@ -1,0 +1,32 @@
+"""Run the RLS: ``ShouldRateLimit`` on ``ratelimit_listen``.
+
+The static config is loaded and validated first: a bad file stops the service at start-up.
+"""
+
+from __future__ import annotations
+
+from gateway import grpcserver, logs, metrics
+from gateway.settings import Settings
+from gateway.storage import redis_client
+from ratelimit import config, server
+from ratelimit.decide import Decider
+from ratelimit.windows import Windows
+
+
+async def run(cfg: Settings) -> None:
+    logs.configure("ratelimit", cfg.log_level)
+    log = logs.get("ratelimit")
+    try:
+        static = config.load(cfg.ratelimit_config or None)
+    except config.ConfigError as exc:
+        log.error("bad static rate-limit config", error=str(exc))
+        raise SystemExit(2) from exc
+    metrics.serve(cfg.metrics_port)
+    redis = redis_client(cfg.redis_url, cfg.redis_timeout_s)
+    windows = Windows(redis, deadline_s=cfg.ratelimit_deadline_s)
+    decider = Decider(static, windows, near_ratio=cfg.ratelimit_near_ratio)
+    grpc_server = await grpcserver.start(
+        cfg.ratelimit_listen, [server.register(decider)], [server.SERVICE_NAME]
+    )
+    log.info("serving", listen=cfg.ratelimit_listen, domains=static.domains)
+    await grpcserver.serve_until_signalled([grpc_server], on_stop=redis.aclose)

@@ -1,0 +1,103 @@
+"""Sliding windows in Redis: one Lua round trip per decision (see ``window.lua``).
+
+A decision's windows are grouped by their Redis Cluster hash tag and each group is decided by
+one atomic script call. The gateway's own descriptors all carry the tenant id, so a request's
+key and tenant windows share one slot and one round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+_SCRIPT = (Path(__file__).resolve().parent / "window.lua").read_text(encoding="utf-8")
+
+# Milliseconds since the epoch; None: the Redis server's clock (one clock for every replica).
+Clock = Callable[[], int] | None
+
+
+class Mode(StrEnum):
+    CHECK = "c"  # room for one more unit? records nothing
+    ADMIT = "a"  # records its hits only when the whole decision is admitted
+    DEBIT = "d"  # records its hits unconditionally (tokens already spent)
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    key: str  # the Redis key, with its hash tag
+    limit: int
+    period_ms: int
+    hits: int
+    mode: Mode
+    enforce: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    over: bool
+    before: float  # units in the window before this decision
+    after: float  # units in the window after it
+    now_ms: int
+
+
+class WindowsUnavailable(Exception):
+    """Redis could not answer in time: the caller answers an error (Envoy: 503)."""
+
+
+def hash_tag(key: str) -> str:
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return key[start + 1 : end] if start >= 0 and end > start + 1 else key
+
+
+class Windows:
+    def __init__(self, redis: aioredis.Redis, deadline_s: float, clock: Clock = None) -> None:
+        self._redis = redis
+        self._script = redis.register_script(_SCRIPT)
+        self._deadline = deadline_s
+        self._clock = clock
+
+    async def apply(self, hits: Sequence[Hit]) -> tuple[bool, list[Outcome]]:
+        """Decide ``hits`` atomically per hash slot; (rejected, one outcome per hit)."""
+        if not hits:
+            return False, []
+        groups: dict[str, list[int]] = {}
+        for index, hit in enumerate(hits):
+            groups.setdefault(hash_tag(hit.key), []).append(index)
+        try:
+            async with asyncio.timeout(self._deadline):
+                answers = await asyncio.gather(
+                    *(self._run([hits[i] for i in idx]) for idx in groups.values())
+                )
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise WindowsUnavailable(str(exc) or type(exc).__name__) from exc
+        outcomes: list[Outcome | None] = [None] * len(hits)
+        rejected = False
+        for idx, (group_rejected, group_outcomes) in zip(groups.values(), answers, strict=True):
+            rejected = rejected or group_rejected
+            for i, outcome in zip(idx, group_outcomes, strict=True):
+                outcomes[i] = outcome
+        return rejected, [o for o in outcomes if o is not None]
+
+    async def _run(self, hits: list[Hit]) -> tuple[bool, list[Outcome]]:
+        args: list[str | int] = ["" if self._clock is None else str(self._clock())]
+        for hit in hits:
+            args += [hit.limit, hit.period_ms, hit.hits, hit.mode.value, 1 if hit.enforce else 0]
+        reply = await self._script(keys=[h.key for h in hits], args=args)
+        now_ms = int(float(reply[1]))
+        outcomes = [
+            Outcome(
+                over=int(reply[2 + 3 * i]) == 1,
+                before=float(reply[3 + 3 * i]),
+                after=float(reply[4 + 3 * i]),
+                now_ms=now_ms,
+            )
+            for i in range(len(hits))
+        ]
+        return int(reply[0]) == 1, outcomes
