@@ -15,6 +15,7 @@ from gateway.settings import load_settings
 SERVICE_MODULES = {
     "authz": "authz.main",
     "ratelimit": "ratelimit.main",
+    "accounting": "accounting.main",
 }
 
 

@@ -38,6 +38,16 @@ class Settings(BaseModel):
     ratelimit_deadline_s: float = 0.3  # Redis slower than this: error → Envoy answers 503
     ratelimit_near_ratio: float = 0.8  # a window this full counts as near_limit in metrics
 
+    # accounting
+    audit_buffer_rows: int = 20000  # buffered rows (Postgres down) before deny mode
+    audit_overflow_rows: int = 5000  # room for in-flight requests past that; then dropped
+    audit_batch_rows: int = 500
+    audit_flush_interval_s: float = 0.2
+    deny_mode_ttl_s: int = 5
+    ledger_wait_s: float = 2.0  # budget settlement waits this long for the ledger row
+    prompt_log_ttl_s: float = 7 * 86400.0
+    prompt_log_sweep_interval_s: float = 60.0
+
     @field_validator("ollama_urls", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:

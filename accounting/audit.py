@@ -1,0 +1,183 @@
+"""Audit rows: one per request, allowed or denied, from Envoy's access log.
+
+Envoy delivers each finished request's entry (with the dynamic metadata of ext_authz and of
+ext_proc) to the access-log service; the edge turns it into an :class:`AccessEntry`, this
+module turns that into a row. Token counts come from ext_proc's metadata; a stream that was
+cut never got that metadata, so its counts come from the outcome the stream account handed
+over in this process (the row waits up to ``OUTCOME_WAIT_S`` for it).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from accounting.outcomes import RecentOutcomes
+from accounting.stream import METADATA_NAMESPACE
+
+AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
+OUTCOME_WAIT_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class AccessEntry:
+    """What Envoy's access log says about one request (typed at the gRPC edge)."""
+
+    request_id: str
+    start: datetime
+    method: str
+    path: str
+    status: int
+    duration_ms: float | None
+    bytes_in: int
+    bytes_out: int
+    client_ip: str
+    response_flags: str
+    metadata: dict[str, dict[str, Any]]
+
+
+@dataclass(slots=True)
+class AuditRow:
+    request_id: str
+    ts: datetime
+    tenant_id: str | None
+    key_prefix: str | None
+    method: str
+    endpoint: str
+    model: str
+    status: int
+    tokens_in: int | None
+    tokens_out: int | None
+    tokens_estimated: bool
+    latency_ms: float | None
+    bytes_in: int
+    bytes_out: int
+    client_ip: str
+    response_flags: str
+    error: str | None
+    awaiting_outcome: bool = False
+    received: float = field(default_factory=time.monotonic)
+
+
+def _str(meta: dict[str, Any], name: str) -> str | None:
+    value = meta.get(name)
+    return value if isinstance(value, str) and value else None
+
+
+def uuid_or_none(value: str | None) -> str | None:
+    """A well-formed UUID, else None (a malformed one must not poison a whole batch)."""
+    if not value:
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
+def _int(meta: dict[str, Any], name: str) -> int | None:
+    value = meta.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)
+
+
+def row_from_entry(entry: AccessEntry) -> AuditRow:
+    authz = entry.metadata.get(AUTHZ_NAMESPACE, {})
+    proc = entry.metadata.get(METADATA_NAMESPACE, {})
+    endpoint = _str(authz, "endpoint") or entry.path.split("?", 1)[0]
+    has_counts = "tokens_in" in proc
+    error = _str(proc, "error")
+    if error is None and entry.status >= 400:
+        error = f"http {entry.status}"
+    return AuditRow(
+        request_id=entry.request_id,
+        ts=entry.start,
+        tenant_id=uuid_or_none(_str(authz, "tenant_id")),
+        key_prefix=_str(authz, "key_prefix"),
+        method=entry.method,
+        endpoint=endpoint,
+        model=_str(authz, "model") or "",
+        status=entry.status,
+        tokens_in=_int(proc, "tokens_in"),
+        tokens_out=_int(proc, "tokens_out"),
+        tokens_estimated=proc.get("estimated") is True,
+        latency_ms=entry.duration_ms,
+        bytes_in=entry.bytes_in,
+        bytes_out=entry.bytes_out,
+        client_ip=entry.client_ip,
+        response_flags=entry.response_flags,
+        error=error,
+        # An accounted request whose ext_proc metadata is missing: the stream was cut, or
+        # ext_proc's metadata never reached the log. The outcome (if any) is in this process.
+        awaiting_outcome=not has_counts and bool(_str(authz, "model")) and entry.status > 0,
+    )
+
+
+class AuditRows:
+    """Completes rows from the stream outcomes before they are written."""
+
+    def __init__(self, outcomes: RecentOutcomes) -> None:
+        self._outcomes = outcomes
+
+    def ready(self, row: AuditRow) -> bool:
+        if not row.awaiting_outcome:
+            return True
+        if self._complete(row):
+            return True
+        return time.monotonic() - row.received >= OUTCOME_WAIT_S
+
+    def _complete(self, row: AuditRow) -> bool:
+        outcome = self._outcomes.get(row.request_id)
+        if outcome is None:
+            return False
+        counts = outcome.counts
+        row.tokens_in = counts.tokens_in
+        row.tokens_out = counts.tokens_out
+        row.tokens_estimated = counts.estimated
+        if counts.error:
+            row.error = counts.error
+        elif outcome.cut:
+            row.error = row.error or "stream cut short"
+        row.awaiting_outcome = False
+        return True
+
+
+_INSERT = """
+INSERT INTO gateway.audit_log (request_id, ts, tenant_id, key_prefix, method, endpoint, model,
+    status, tokens_in, tokens_out, tokens_estimated, latency_ms, bytes_in, bytes_out, client_ip,
+    response_flags, error)
+SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::uuid[], $4::text[], $5::text[],
+    $6::text[], $7::text[], $8::int[], $9::bigint[], $10::bigint[], $11::bool[],
+    $12::float8[], $13::bigint[], $14::bigint[], $15::text[], $16::text[], $17::text[])
+ON CONFLICT (request_id) DO NOTHING
+"""
+
+
+async def write(pool: asyncpg.Pool, rows: list[AuditRow]) -> None:
+    """One multi-row INSERT; a request id already present is skipped (idempotent)."""
+    unique = list({r.request_id: r for r in rows}.values())
+    await pool.execute(
+        _INSERT,
+        [r.request_id for r in unique],
+        [r.ts for r in unique],
+        [r.tenant_id for r in unique],
+        [r.key_prefix for r in unique],
+        [r.method for r in unique],
+        [r.endpoint for r in unique],
+        [r.model for r in unique],
+        [r.status for r in unique],
+        [r.tokens_in for r in unique],
+        [r.tokens_out for r in unique],
+        [r.tokens_estimated for r in unique],
+        [r.latency_ms for r in unique],
+        [r.bytes_in for r in unique],
+        [r.bytes_out for r in unique],
+        [r.client_ip for r in unique],
+        [r.response_flags for r in unique],
+        [r.error for r in unique],
+    )

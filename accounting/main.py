@@ -1,0 +1,104 @@
+"""Run the accounting service: Envoy's ext_proc and access-log streams on
+``accounting_listen``, plus the background writers (ledger, audit, prompt log), the budget
+settler, deny mode and the prompt-log sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+from typing import Any
+
+from accounting import audit, ledger, promptlog, server
+from accounting.audit import AccessEntry, AuditRow, AuditRows
+from accounting.batches import Batcher
+from accounting.denymode import DENY_MODE_KEY, DenyMode
+from accounting.ledger import LedgerRow
+from accounting.outcomes import RecentOutcomes
+from accounting.promptlog import PromptRow
+from accounting.settle import Settler
+from gateway import grpcserver, logs, metrics
+from gateway.settings import Settings
+from gateway.storage import pg_pool, redis_client
+
+_DRAIN_S = 10.0
+
+
+async def run(cfg: Settings) -> None:
+    logs.configure("accounting", cfg.log_level)
+    log = logs.get("accounting")
+    metrics.serve(cfg.metrics_port)
+    # min_size 0: accounting starts (and buffers) even while Postgres is down.
+    pool = await pg_pool(cfg.database_url, min_size=0, max_size=8)
+    redis = redis_client(cfg.redis_url, max(cfg.redis_timeout_s, 1.0))
+    outcomes = RecentOutcomes()
+    rows = AuditRows(outcomes)
+
+    settler: Settler | None = None
+
+    async def write_ledger(batch: list[LedgerRow]) -> None:
+        await ledger.write(pool, batch)
+        if settler is not None:
+            settler.ledger_written(batch)
+
+    def batcher(table: str, write: Any, ready: Any = None) -> Any:
+        return Batcher(
+            table,
+            write,
+            capacity=cfg.audit_buffer_rows,
+            overflow=cfg.audit_overflow_rows,
+            batch_max=cfg.audit_batch_rows,
+            interval_s=cfg.audit_flush_interval_s,
+            ready=ready,
+        )
+
+    ledger_rows: Batcher[LedgerRow] = batcher("budget_ledger", write_ledger)
+    audit_rows: Batcher[AuditRow] = batcher("audit_log", partial(audit.write, pool), rows.ready)
+    prompt_rows: Batcher[PromptRow] = batcher("prompt_log", partial(promptlog.write, pool))
+    settler = Settler(
+        redis,
+        ledger_rows,
+        prompt_rows,
+        outcomes,
+        ledger.row_from_outcome,
+        partial(promptlog.row_from_outcome, ttl_s=cfg.prompt_log_ttl_s),
+        ledger_wait_s=cfg.ledger_wait_s,
+    )
+    deny = DenyMode(redis, [audit_rows, ledger_rows], cfg.deny_mode_ttl_s, interval_s=0.5)
+
+    def accept(entry: AccessEntry) -> None:
+        audit_rows.add(audit.row_from_entry(entry))
+
+    tasks = [
+        asyncio.create_task(job, name=name)
+        for name, job in (
+            ("settler", settler.run()),
+            ("ledger", ledger_rows.run()),
+            ("audit", audit_rows.run()),
+            ("prompt_log", prompt_rows.run()),
+            ("deny_mode", deny.run()),
+            ("sweeper", promptlog.sweeper(pool, cfg.prompt_log_sweep_interval_s)),
+        )
+    ]
+    grpc_server = await grpcserver.start(
+        cfg.accounting_listen,
+        server.register(settler.submit, accept),
+        [server.EXT_PROC_SERVICE, server.ACCESS_LOG_SERVICE],
+    )
+    log.info("serving", listen=cfg.accounting_listen)
+
+    async def stop() -> None:
+        # Envoy's streams are closed (grace period over): settle what is pending, then write
+        # every buffered row before exiting, so a restart loses nothing.
+        await settler.wait_idle(_DRAIN_S)
+        for batcher in (ledger_rows, audit_rows, prompt_rows):
+            if not await batcher.drain(_DRAIN_S / 2):
+                log.error("rows lost at shutdown", table=batcher.table, rows=len(batcher))
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if deny.on:
+            await redis.delete(DENY_MODE_KEY)
+        await redis.aclose()
+        await pool.close()
+
+    await grpcserver.serve_until_signalled([grpc_server], on_stop=stop)

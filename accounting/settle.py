@@ -1,0 +1,147 @@
+"""After a stream: release its concurrency slot, write its ledger row, settle its budget
+reservation to the real count — in the background, never in the response path.
+
+Order matters for budgets: the Redis *used* counters are debited only once the ledger row is
+in Postgres (or after ``ledger_wait_s``, so a Postgres outage does not hold reservations for
+long), so a counter rebuilt from the ledger never misses a request that Redis had counted.
+Until it is settled, the request's reservation (an upper bound) still counts against the
+budget: a budget is never overshot while settlement waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+from prometheus_client import Counter
+from redis.exceptions import RedisError
+
+from accounting.batches import Batcher
+from accounting.ledger import LedgerRow
+from accounting.outcomes import RecentOutcomes
+from accounting.promptlog import PromptRow
+from accounting.stream import Outcome
+from gateway import budgets, logs, slots
+
+TOKENS = Counter("accounting_tokens_total", "tokens accounted", ["tenant", "direction"])
+REQUESTS = Counter("accounting_streams_total", "accounted streams", ["tenant", "result"])
+SETTLE_ERRORS = Counter("accounting_settle_errors_total", "failed Redis settlements")
+
+_log = logs.get("accounting")
+_RETRY_FOR_S = 30.0
+
+
+class Settler:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        ledger: Batcher[LedgerRow],
+        prompts: Batcher[PromptRow],
+        outcomes: RecentOutcomes,
+        to_ledger: Callable[[Outcome], LedgerRow | None],
+        to_prompt: Callable[[Outcome], PromptRow | None],
+        *,
+        ledger_wait_s: float = 2.0,
+        concurrency: int = 64,
+    ) -> None:
+        self._redis = redis
+        self._ledger = ledger
+        self._prompts = prompts
+        self._outcomes = outcomes
+        self._to_ledger = to_ledger
+        self._to_prompt = to_prompt
+        self._ledger_wait = ledger_wait_s
+        self._queue: asyncio.Queue[Outcome] = asyncio.Queue()
+        self._written: dict[str, asyncio.Event] = {}
+        self._limit = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, outcome: Outcome) -> None:
+        """Hand a finished request over (never waits)."""
+        self._outcomes.put(outcome)
+        self._queue.put_nowait(outcome)
+
+    def ledger_written(self, rows: list[LedgerRow]) -> None:
+        """Called by the ledger writer once ``rows`` are in Postgres."""
+        for row in rows:
+            event = self._written.pop(row.request_id, None)
+            if event is not None:
+                event.set()
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize() + len(self._tasks)
+
+    async def wait_idle(self, timeout_s: float) -> None:
+        """Wait (bounded) until every submitted outcome is settled (at shutdown)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.pending and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    async def run(self) -> None:
+        while True:
+            outcome = await self._queue.get()
+            await self._limit.acquire()
+            task = asyncio.create_task(self._settle(outcome))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._limit.release()
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("settlement failed", error=repr(task.exception()))
+
+    async def _settle(self, outcome: Outcome) -> None:
+        info = outcome.info
+        counts = outcome.counts
+        tenant = info.tenant or "unknown"
+        TOKENS.labels(tenant, "in").inc(counts.tokens_in)
+        TOKENS.labels(tenant, "out").inc(counts.tokens_out)
+        result = "error" if counts.error else ("cut" if outcome.cut else "ok")
+        REQUESTS.labels(tenant, result).inc()
+        if not info.tenant_id or not info.request_id:
+            return
+        written: asyncio.Event | None = None
+        row = self._to_ledger(outcome)
+        if row is not None:
+            written = asyncio.Event()
+            self._written[info.request_id] = written
+            if not self._ledger.add(row):
+                self._written.pop(info.request_id, None)
+                written = None
+        prompt = self._to_prompt(outcome)
+        if prompt is not None:
+            self._prompts.add(prompt)
+        if info.slot and info.key_id:
+            await self._retry(
+                lambda: slots.release(self._redis, info.tenant_id, info.key_id, info.request_id)
+            )
+        if written is not None:
+            try:
+                await asyncio.wait_for(written.wait(), timeout=self._ledger_wait)
+            except TimeoutError:
+                self._written.pop(info.request_id, None)
+        await self._retry(
+            lambda: budgets.settle(self._redis, info.tenant_id, info.request_id, counts.total)
+        )
+
+    async def _retry(self, op: Callable[[], object]) -> None:
+        delay = 0.05
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _RETRY_FOR_S
+        while True:
+            try:
+                result = op()
+                if asyncio.iscoroutine(result):
+                    await result
+                return
+            except (RedisError, OSError, TimeoutError) as exc:
+                SETTLE_ERRORS.inc()
+                if loop.time() >= deadline:
+                    _log.error("giving up on a Redis settlement", error=type(exc).__name__)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)

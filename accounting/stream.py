@@ -1,0 +1,267 @@
+"""One request's accounting, from its request body to its last response byte. Plain Python:
+the gRPC edge feeds it what Envoy sends and relays what it answers; nothing here waits on
+Redis or Postgres (the outcome is handed to a background queue by the caller).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from accounting import rewrite
+from accounting.frames import NdjsonParser, SseEvent, SseParser
+from accounting.tally import Counts, Tally, estimate_tokens
+
+# JSON (non-stream) bodies are parsed whole at the end; beyond this size they are estimated.
+MAX_JSON_BODY = 16 << 20
+METADATA_NAMESPACE = "envoy.filters.http.ext_proc"
+# A flat ``"usage": {...}`` (or null) member and its comma, cut out of a chunk's bytes.
+_USAGE_FIELD = re.compile(
+    rb'\s*,\s*"usage"\s*:\s*(?:\{[^{}]*\}|null)|"usage"\s*:\s*(?:\{[^{}]*\}|null)\s*,\s*'
+)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _number(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """What authz decided about the request (its dynamic metadata), plus the request id."""
+
+    request_id: str
+    tenant: str = ""
+    tenant_id: str = ""
+    key_id: str = ""
+    key_prefix: str = ""
+    model: str = ""
+    endpoint: str = ""
+    stream: bool = False
+    reserved: int = 0
+    max_tokens: int = 0
+    keep_alive_min_s: int | None = None
+    keep_alive_max_s: int | None = None
+    slot: bool = False
+    prompt_log: bool = False
+
+    @classmethod
+    def from_metadata(cls, request_id: str, meta: dict[str, Any]) -> RequestInfo:
+        return cls(
+            request_id=request_id,
+            tenant=_text(meta.get("tenant")),
+            tenant_id=_text(meta.get("tenant_id")),
+            key_id=_text(meta.get("key_id")),
+            key_prefix=_text(meta.get("key_prefix")),
+            model=_text(meta.get("model")),
+            endpoint=_text(meta.get("endpoint")),
+            stream=meta.get("stream") is True,
+            reserved=_number(meta.get("reserved")) or 0,
+            max_tokens=_number(meta.get("max_tokens")) or 0,
+            keep_alive_min_s=_number(meta.get("keep_alive_min_s")),
+            keep_alive_max_s=_number(meta.get("keep_alive_max_s")),
+            slot=meta.get("slot") is True,
+            prompt_log=meta.get("prompt_log") is True,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one request consumed; settled, ledgered and (opt-in) prompt-logged off the hot
+    path."""
+
+    info: RequestInfo
+    counts: Counts
+    status: int
+    cut: bool  # the stream ended before its end (client gone, backend reset, timeout)
+    prompt: Any = None  # the request body (prompt log only)
+    completion: str = ""
+    finished_at: float = field(default_factory=time.time)
+
+
+def _prompt_text(body: Any) -> str:
+    """The prompt's text, for an estimate when the backend gives no prompt count."""
+    if not isinstance(body, dict):
+        return ""
+    parts: list[str] = []
+    for name in ("prompt", "input", "system", "instructions"):
+        value = body.get(name)
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, list):
+            parts.extend(v for v in value if isinstance(v, str))
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, str):
+                parts.append(content)
+            elif isinstance(content, list):
+                parts.extend(
+                    c["text"]
+                    for c in content
+                    if isinstance(c, dict) and isinstance(c.get("text"), str)
+                )
+    return "\n".join(parts)
+
+
+class StreamAccount:
+    """Feed it the request body, the response status and content type, then each body chunk;
+    it answers the bytes to send on (or None: unchanged) and, at the end, the Outcome."""
+
+    def __init__(self, info: RequestInfo) -> None:
+        self.info = info
+        self.status = 0
+        self.strip_usage = False
+        self.prompt: Any = None
+        self._tally = Tally(info.endpoint)
+        self._framing = ""  # "ndjson" | "sse" | "json" | "" (not parsed)
+        self._ndjson = NdjsonParser()
+        self._sse = SseParser()
+        self._json = bytearray()
+        self._json_overflow = False
+        self._done = False  # [DONE] seen (OpenAI streams)
+        self._ended = False
+
+    # -- request -------------------------------------------------------------------------
+
+    def request_body(self, raw: bytes) -> bytes | None:
+        """The body to send upstream instead of ``raw``, or None to send it unchanged."""
+        try:
+            self.prompt = json.loads(raw) if raw else None
+        except (ValueError, UnicodeDecodeError):
+            self.prompt = None
+        self._tally = Tally(self.info.endpoint, estimate_tokens(_prompt_text(self.prompt)))
+        limits = rewrite.Limits(
+            endpoint=self.info.endpoint,
+            stream=self.info.stream,
+            max_tokens=self.info.max_tokens,
+            keep_alive_min_s=self.info.keep_alive_min_s,
+            keep_alive_max_s=self.info.keep_alive_max_s,
+        )
+        result = rewrite.rewrite(raw, limits)
+        self.strip_usage = result.strip_usage
+        return result.body
+
+    # -- response ------------------------------------------------------------------------
+
+    def response_headers(self, status: int, content_type: str) -> None:
+        self.status = status
+        ctype = content_type.split(";", 1)[0].strip().lower()
+        if ctype == "text/event-stream":
+            self._framing = "sse"
+        elif ctype in ("application/x-ndjson", "application/ndjson"):
+            self._framing = "ndjson"
+        elif ctype == "application/json" or ctype.endswith("+json"):
+            self._framing = "json"
+        if status >= 400:
+            self._tally.error = self._tally.error or f"http {status}"
+        if not self.strip_usage or self._framing != "sse":
+            self.strip_usage = False
+
+    def response_chunk(self, data: bytes, end: bool) -> bytes | None:
+        """Parse one body chunk; the bytes to pass on instead (usage chunk dropped), or None."""
+        out: bytearray | None = bytearray() if self.strip_usage else None
+        if self._framing == "ndjson":
+            for frame in self._ndjson.feed(data):
+                self._native(frame.value)
+            if end:
+                for frame in self._ndjson.finish():
+                    self._native(frame.value)
+        elif self._framing == "sse":
+            events = self._sse.feed(data)
+            if end:
+                events += self._sse.finish()
+            for event in events:
+                passed = self._event(event)
+                if out is not None:
+                    out += passed
+        elif self._framing == "json":
+            if len(self._json) + len(data) <= MAX_JSON_BODY:
+                self._json += data
+            else:
+                self._json_overflow = True
+            if end:
+                self._whole_json()
+        if end:
+            self._ended = True
+        return None if out is None else bytes(out)
+
+    def _native(self, value: Any) -> None:
+        self._tally.native(value)
+
+    def _event(self, event: SseEvent) -> bytes:
+        """Account one SSE event; the bytes the client gets for it: the usage it did not ask
+        for removed (the usage chunk dropped, a usage field cut out of a content chunk)."""
+        if event.data == "[DONE]":
+            self._done = True
+            self._tally.final = True
+            return event.raw
+        value = event.json()
+        if value is None:
+            return event.raw
+        if self.info.endpoint.startswith("/v1/"):
+            self._tally.openai(value, event.event)
+        else:
+            self._tally.native(value)
+        if not (self.strip_usage and isinstance(value, dict) and "usage" in value):
+            return event.raw
+        if not value.get("choices"):
+            return b""
+        return _USAGE_FIELD.sub(b"", event.raw, count=1)
+
+    def _whole_json(self) -> None:
+        if self._json_overflow:
+            return
+        try:
+            value = json.loads(bytes(self._json))
+        except (ValueError, UnicodeDecodeError):
+            return
+        if self.info.endpoint.startswith("/v1/"):
+            self._tally.openai(value, whole=True)
+        else:
+            self._tally.native(value)
+
+    # -- end -----------------------------------------------------------------------------
+
+    @property
+    def final(self) -> bool:
+        return self._tally.final or self._ended
+
+    def counts(self) -> Counts:
+        counts = self._tally.result()
+        if self.status >= 400 or self.status == 0:
+            # The backend refused or never answered: nothing was generated.
+            return Counts(0, 0, False, counts.error, counts.final)
+        return counts
+
+    def metadata(self) -> dict[str, Any]:
+        """Dynamic metadata for Envoy (``tokens_total`` feeds tokens/min via hits_addend)."""
+        counts = self.counts()
+        values: dict[str, Any] = {
+            "tokens_total": counts.total,
+            "tokens_in": counts.tokens_in,
+            "tokens_out": counts.tokens_out,
+            "estimated": counts.estimated,
+        }
+        if counts.error:
+            values["error"] = counts.error
+        return {METADATA_NAMESPACE: values}
+
+    def outcome(self, cut: bool) -> Outcome:
+        return Outcome(
+            info=self.info,
+            counts=self.counts(),
+            status=self.status,
+            cut=cut and not self._ended,
+            prompt=self.prompt if self.info.prompt_log else None,
+            completion=self._tally.completion if self.info.prompt_log else "",
+        )
