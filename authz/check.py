@@ -1,56 +1,225 @@
-"""The ext_authz decision, in plain typed Python: key → endpoint → (model, budget, …).
+"""The ext_authz decision, in plain typed Python: key → endpoint → body → model → budget/slot.
 
 Order matters and is part of the contract: a request without a valid key learns nothing but
-401; a valid key learns 403 for any path or model it may not use, one identical body.
+401; a valid key learns 403 for any path or model it may not use (one identical body for a
+blocked endpoint, an unknown model and a model outside its effective set); 400/413/415 for a
+body it cannot use; 429 when a budget or its concurrency is exhausted; 503 whenever a check
+cannot be made (Postgres or Redis down, deny mode) — never an allow.
 """
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote
 
-from authz import endpoints
-from authz.decision import Allow, Decision, deny
+from prometheus_client import Counter
+
+from authz import endpoints, listings, models, payload
+from authz.admission import Admission, Admitter, Outcome
+from authz.admission import StoreUnavailable as AdmissionUnavailable
+from authz.decision import Allow, Decision, deny, json_reply
+from authz.discovery import Discovery
+from authz.endpoints import Endpoint, Kind, Scope
 from authz.keys import KeyStore, StoreUnavailable
+from authz.principal import Principal
 from authz.request import AuthzRequest
-from gateway import apikeys
+from gateway import apikeys, logs
 
 # Headers the client may not set: authz alone sets them for the upstream.
 IDENTITY_HEADERS = ("x-nz-tenant", "x-nz-key-prefix")
 _UNAUTHORIZED_HEADERS = {"www-authenticate": 'Bearer realm="neuronetz"'}
+_RATE_FIELDS = (
+    ("rpm", "requests_per_minute"),
+    ("tpm", "tokens_per_minute"),
+)
+DECISIONS = Counter("authz_decisions_total", "ext_authz answers", ["tenant", "status"])
+_log = logs.get("authz.check")
+
+
+class _Denied(Exception):
+    def __init__(self, reply: Decision) -> None:
+        super().__init__()
+        self.reply = reply
+
+
+def rate_overrides(principal: Principal) -> dict[str, dict[str, Any]]:
+    """``rl`` metadata for the RLS: the key's (inherited when NULL) and the tenant's limits."""
+    found: dict[str, dict[str, Any]] = {}
+    for short, name in _RATE_FIELDS:
+        for scope, value in (
+            ("key", principal.limit(name)),
+            ("tenant", getattr(principal.tenant_limits, name)),
+        ):
+            if value is not None:
+                found[f"{scope}_{short}"] = {"requests_per_unit": value, "unit": "MINUTE"}
+    return found
 
 
 class Authorizer:
-    def __init__(self, keys: KeyStore) -> None:
+    def __init__(
+        self,
+        keys: KeyStore,
+        admitter: Admitter,
+        discovery: Discovery,
+        max_request_bytes: int,
+    ) -> None:
         self._keys = keys
+        self._admitter = admitter
+        self._discovery = discovery
+        self._max_body = max_request_bytes
 
     async def check(self, req: AuthzRequest) -> Decision:
-        presented = apikeys.parse_bearer(req.header("authorization"))
-        if presented is None:
-            return deny(401, req.surface, _UNAUTHORIZED_HEADERS)
+        """Never raises: any failure to decide is a 503."""
+        tenant = ""
         try:
-            principal = await self._keys.lookup(presented)
-        except StoreUnavailable:
+            decision, tenant = await self._check(req)
+        except (StoreUnavailable, AdmissionUnavailable) as exc:
+            _log.warning("check could not be made", error=type(exc).__name__, path=req.path)
+            decision = deny(503, req.surface)
+        except _Denied as denied:
+            decision = denied.reply
+        except Exception:
+            _log.exception("check failed", path=req.path)
+            decision = deny(503, req.surface)
+        status = 200 if isinstance(decision, Allow) else decision.status
+        DECISIONS.labels(tenant, str(status)).inc()
+        return decision
+
+    async def _refuse(self, status: int, req: AuthzRequest, **kwargs: Any) -> Decision:
+        """A 401/403/4xx that needed no Redis work so far still honours deny mode."""
+        if await self._admitter.deny_mode():
             return deny(503, req.surface)
+        return deny(status, req.surface, **kwargs)
+
+    async def _check(self, req: AuthzRequest) -> tuple[Decision, str]:
+        presented = apikeys.parse_bearer(req.header("authorization"))
+        principal = None if presented is None else await self._keys.lookup(presented)
         if principal is None or not principal.usable(datetime.now(UTC)):
-            return deny(401, req.surface, _UNAUTHORIZED_HEADERS)
-        identity = {
+            return await self._refuse(401, req, headers=_UNAUTHORIZED_HEADERS), ""
+        identity: dict[str, Any] = {
             "tenant": principal.tenant,
             "tenant_id": principal.tenant_id,
             "key_id": principal.key_id,
             "key_prefix": principal.prefix,
+            "surface": req.surface,
         }
-
         endpoint = endpoints.lookup(req.method, req.path)
         if endpoint is None or endpoint.scope not in principal.scopes:
-            return deny(403, req.surface, metadata=identity)
+            return await self._refuse(403, req, metadata=identity), principal.tenant
+        identity["endpoint"] = endpoint.path
+        if len(req.body) > self._max_body:
+            return await self._refuse(413, req, metadata=identity), principal.tenant
+        if endpoint.kind is Kind.INFERENCE:
+            return await self._inference(req, endpoint, principal, identity), principal.tenant
+        return await self._answer(req, endpoint, principal, identity), principal.tenant
 
+    async def _inference(
+        self, req: AuthzRequest, endpoint: Endpoint, principal: Principal, meta: dict[str, Any]
+    ) -> Decision:
+        try:
+            body = payload.parse(req, embeddings=endpoint.scope is Scope.EMBEDDINGS)
+        except payload.BadRequest as bad:
+            return await self._refuse(bad.status, req, metadata=meta)
+        model = models.permits(principal, self._discovery.models(), body.model)
+        if model is None:
+            return await self._refuse(403, req, metadata=meta)
+        embeddings = endpoint.scope is Scope.EMBEDDINGS
+        cap = 0 if embeddings else (body.output_cap or principal.default_max_tokens)
+        request_id = req.request_id or str(uuid.uuid4())
+        admission = await self._admitter.admit(
+            principal, request_id, body.prompt_estimate + cap, take=True
+        )
+        self._raise_unless_admitted(admission, req, meta)
+        if admission.period is not None and not embeddings:
+            # Run under what the budget has left: the reservation is the upper bound.
+            cap = min(cap, max(1, admission.reserved - body.prompt_estimate))
+        meta.update(
+            model=model,
+            stream=body.stream,
+            rl=rate_overrides(principal),
+            reserved=admission.reserved,
+            max_tokens=cap,
+            keep_alive_min_s=principal.keep_alive_min_s,
+            keep_alive_max_s=principal.keep_alive_max_s,
+            slot=admission.slot,
+            prompt_log=principal.prompt_log,
+        )
+        return self._allow(principal, admission, meta)
+
+    def _raise_unless_admitted(
+        self, admission: Admission, req: AuthzRequest, meta: dict[str, Any]
+    ) -> None:
+        if admission.outcome is Outcome.OK:
+            return
+        if admission.outcome is Outcome.DENY_MODE:
+            raise _Denied(deny(503, req.surface, metadata=meta))
+        headers = admission.budget_headers()
+        if admission.retry_after is not None:
+            headers["retry-after"] = str(admission.retry_after)
+        raise _Denied(deny(429, req.surface, headers, metadata=meta))
+
+    def _allow(self, principal: Principal, admission: Admission, meta: dict[str, Any]) -> Allow:
         return Allow(
             upstream_headers={
                 "x-nz-tenant": principal.tenant,
                 "x-nz-key-prefix": principal.prefix,
             },
-            # Identity headers overwrite whatever the client sent (Envoy applies removals
-            # after additions, so they must not be listed here).
+            # Envoy applies removals after the headers it sets: the identity headers are
+            # overwritten (never removed), whatever the client sent.
             remove_headers=("authorization",),
-            metadata=identity,
+            response_headers=admission.budget_headers(),
+            metadata=meta,
         )
+
+    async def _answer(
+        self, req: AuthzRequest, endpoint: Endpoint, principal: Principal, meta: dict[str, Any]
+    ) -> Decision:
+        """Listings, model detail and version: no reservation, no slot; budget headers."""
+        show_model = ""
+        verbose = False
+        if endpoint.kind is Kind.SHOW:
+            try:
+                body = payload.json_object(req)
+            except payload.BadRequest as bad:
+                return await self._refuse(bad.status, req, metadata=meta)
+            name = body.get("model") or body.get("name")
+            if not isinstance(name, str) or not name.strip():
+                return await self._refuse(400, req, metadata=meta)
+            show_model = name
+            verbose = body.get("verbose") is True
+        discovered = self._discovery.models()
+        if endpoint is endpoints.MODEL_DETAIL:
+            show_model = unquote(req.path[len("/v1/models/") :])
+        model = ""
+        if show_model:
+            model = models.permits(principal, discovered, show_model) or ""
+            if not model:
+                return await self._refuse(403, req, metadata=meta)
+            meta["model"] = model
+        admission = await self._admitter.admit(principal, req.request_id, 0, take=False)
+        self._raise_unless_admitted(admission, req, meta)
+        if endpoint.kind is Kind.VERSION:
+            return self._allow(principal, admission, meta)
+        headers = admission.budget_headers()
+        effective = models.effective(principal, discovered)
+        entries = self._discovery.entries()
+        try:
+            if endpoint.path == "/api/tags":
+                return json_reply(listings.tags(entries, effective), headers, meta)
+            if endpoint.path == "/v1/models":
+                return json_reply(listings.openai_models(entries, effective), headers, meta)
+            if endpoint is endpoints.MODEL_DETAIL:
+                return json_reply(listings.openai_model(show_model, entries[model]), headers, meta)
+            session = self._discovery.session()
+            if endpoint.path == "/api/ps":
+                live = list(self._discovery.snapshot())
+                return json_reply(await listings.ps(session, live, effective), headers, meta)
+            backend = self._discovery.backends_for(model)[0]
+            shown = await listings.show(session, backend, model, verbose)
+            return json_reply(shown, headers, meta)
+        except listings.UnknownModel:
+            return deny(403, req.surface, metadata=meta)
+        except (listings.UpstreamError, KeyError, IndexError):
+            return deny(502, req.surface, metadata=meta)

@@ -19,6 +19,7 @@ _MESSAGES = {
     413: ("request body too large", "invalid_request_error", "request_too_large"),
     415: ("request body must be JSON", "invalid_request_error", "unsupported_media_type"),
     429: ("too many requests", "rate_limit_exceeded", "rate_limit_exceeded"),
+    502: ("upstream error", "server_error", "bad_gateway"),
     503: ("service unavailable", "server_error", "service_unavailable"),
 }
 
@@ -66,10 +67,12 @@ def deny(
     )
 
 
-def json_reply(payload: Any, metadata: dict[str, Any] | None = None) -> Reply:
+def json_reply(
+    payload: Any, headers: dict[str, str] | None = None, metadata: dict[str, Any] | None = None
+) -> Reply:
     return Reply(
         status=200,
         body=json.dumps(payload).encode(),
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **(headers or {})},
         metadata=metadata or {},
     )

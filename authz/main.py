@@ -1,23 +1,55 @@
-"""Run the authz service: ext_authz Check on ``authz_listen``."""
+"""Run the authz service: ext_authz Check on ``authz_listen``, with model discovery and the
+revocation listener running beside it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from authz import server
+from authz.admission import Admitter
 from authz.check import Authorizer
+from authz.discovery import Discovery
 from authz.keys import KeyStore
+from authz.revocations import RevocationListener
 from gateway import apikeys, grpcserver, logs, metrics
 from gateway.settings import Settings
-from gateway.storage import pg_pool
+from gateway.storage import pg_pool, redis_client
+
+_FIRST_DISCOVERY_S = 3.0
 
 
 async def run(cfg: Settings) -> None:
     logs.configure("authz", cfg.log_level)
+    log = logs.get("authz")
     metrics.serve(cfg.metrics_port)
     pool = await pg_pool(cfg.database_url)
+    redis = redis_client(cfg.redis_url, cfg.redis_timeout_s)
     ph = apikeys.hasher(cfg.argon2_time_cost, cfg.argon2_memory_kib)
-    authorizer = Authorizer(KeyStore(pool, ph, cfg.key_cache_ttl_s))
+    keys = KeyStore(pool, redis, ph, cfg.key_cache_ttl_s)
+    admitter = Admitter(redis, pool)
+    discovery = Discovery(cfg.ollama_urls, redis, cfg.discovery_interval_s, cfg.discovery_ttl_s)
+    with contextlib.suppress(Exception):  # Redis may be late; the first Check loads it again
+        await admitter.load()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(discovery.refresh(), _FIRST_DISCOVERY_S)
+    listener = RevocationListener(cfg.database_url, keys)
+    background = [
+        asyncio.create_task(discovery.run(), name="discovery"),
+        asyncio.create_task(listener.run(), name="revocations"),
+    ]
+    authorizer = Authorizer(keys, admitter, discovery, cfg.max_request_bytes)
     grpc_server = await grpcserver.start(
         cfg.authz_listen, [server.register(authorizer)], [server.SERVICE_NAME]
     )
-    logs.get("authz").info("serving", listen=cfg.authz_listen)
-    await grpcserver.serve_until_signalled([grpc_server], on_stop=pool.close)
+    log.info("serving", listen=cfg.authz_listen, backends=len(cfg.ollama_urls))
+
+    async def stop() -> None:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await discovery.close()
+        await redis.aclose()
+        await pool.close()
+
+    await grpcserver.serve_until_signalled([grpc_server], on_stop=stop)

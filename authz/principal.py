@@ -5,8 +5,10 @@ A NULL on the key inherits the tenant's value; this module is the one place that
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -43,6 +45,31 @@ class Principal:
 
     def usable(self, now: datetime) -> bool:
         return self.active and (self.expires_at is None or self.expires_at > now)
+
+    def limit(self, name: str) -> int | None:
+        """The key's value of a limit, or the tenant's when the key leaves it NULL."""
+        own: int | None = getattr(self.key_limits, name)
+        return own if own is not None else getattr(self.tenant_limits, name)
+
+    def to_json(self) -> str:
+        """For the shared key cache; the argon2 hash is not needed there and is left out."""
+        data: dict[str, Any] = asdict(self)
+        data["key_hash"] = ""
+        data["expires_at"] = None if self.expires_at is None else self.expires_at.isoformat()
+        data["scopes"] = sorted(self.scopes)
+        data["allowed_models"] = sorted(self.allowed_models)
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Principal:
+        data = json.loads(text)
+        expires = data["expires_at"]
+        data["expires_at"] = None if expires is None else datetime.fromisoformat(expires)
+        data["scopes"] = frozenset(data["scopes"])
+        data["allowed_models"] = frozenset(data["allowed_models"])
+        data["key_limits"] = Limits(**data["key_limits"])
+        data["tenant_limits"] = Limits(**data["tenant_limits"])
+        return cls(**data)
 
 
 _LIMIT_FIELDS = (

@@ -12,7 +12,7 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from authz.check import Authorizer
-from authz.decision import Allow, Decision
+from authz.decision import Allow, Decision, deny
 from authz.request import AuthzRequest
 from gateway import logs
 
@@ -85,8 +85,12 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         self._authorizer = authorizer
 
     async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        decision = await self._authorizer.check(to_request(request))
-        return to_response(decision)
+        try:
+            req = to_request(request)
+        except Exception:  # a request we cannot even read is refused, never allowed
+            _log.exception("unreadable CheckRequest")
+            return to_response(deny(503, "ollama"))
+        return to_response(await self._authorizer.check(req))
 
 
 def register(authorizer: Authorizer) -> Any:

@@ -1,0 +1,258 @@
+"""Budget pre-check + reservation and concurrency slot, in one Redis round trip.
+
+One pipeline carries ``EXISTS nz:deny_mode`` (accounting sets it while it cannot audit) and one
+Lua script that, atomically and under the tenant's hash tag: checks that every configured
+budget period (daily / monthly / total, key and tenant) has tokens left, takes a slot in the
+key's and the tenant's concurrency sets, and reserves an upper bound of the request's tokens
+on every budget counter (layouts in ``gateway/budgets.py`` and ``gateway/slots.py``). A
+*used* counter missing from Redis is rebuilt from the Postgres ledger first.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+
+import asyncpg
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError
+
+from authz.principal import Principal
+from gateway import budgets, periods, slots
+from gateway.budgets import Budget
+from gateway.periods import Period
+
+DENY_MODE_KEY = "nz:deny_mode"
+_STORE_ERRORS = (TimeoutError, OSError, RedisError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_BUDGET_FIELDS = (
+    (Period.DAILY, "budget_daily"),
+    (Period.MONTHLY, "budget_monthly"),
+    (Period.TOTAL, "budget_total"),
+)
+
+_ADMIT = """
+local now = tonumber(ARGV[1])
+local nb = tonumber(ARGV[2])
+local ns = tonumber(ARGV[3])
+local want = tonumber(ARGV[4])
+local rid = ARGV[5]
+local take = ARGV[6] == '1'
+local ttl = tonumber(ARGV[7])
+local slot_expiry = tonumber(ARGV[8])
+local missing = {}
+for i = 1, nb do
+  if redis.call('EXISTS', KEYS[2 * i - 1]) == 0 then missing[#missing + 1] = i end
+end
+if #missing > 0 then return {3, unpack(missing)} end
+local minrem = 0
+local mini = 0
+for i = 1, nb do
+  local used = tonumber(redis.call('GET', KEYS[2 * i - 1])) or 0
+  local res = KEYS[2 * i]
+  redis.call('ZREMRANGEBYSCORE', res, '-inf', now)
+  local sum = 0
+  for _, m in ipairs(redis.call('ZRANGE', res, 0, -1)) do
+    sum = sum + (tonumber(string.match(m, '|(%d+)$')) or 0)
+  end
+  local rem = tonumber(ARGV[8 + i]) - used - sum
+  if mini == 0 or rem < minrem then
+    minrem = rem
+    mini = i
+  end
+end
+if not take then return {0, mini, minrem, 0} end
+if mini > 0 and minrem <= 0 then return {1, mini, minrem, 0} end
+for j = 1, ns do
+  local zs = KEYS[2 * nb + j]
+  redis.call('ZREMRANGEBYSCORE', zs, '-inf', now)
+  if redis.call('ZCARD', zs) >= tonumber(ARGV[8 + nb + j]) then return {2, mini, minrem, j} end
+end
+for j = 1, ns do
+  local zs = KEYS[2 * nb + j]
+  redis.call('ZADD', zs, slot_expiry, rid)
+  redis.call('EXPIRE', zs, ttl)
+end
+if nb == 0 then return {0, 0, 0, 0} end
+local amount = math.min(want, minrem)
+local member = rid .. '|' .. amount
+local counters = {}
+for i = 1, nb do
+  redis.call('ZADD', KEYS[2 * i], now + ttl, member)
+  redis.call('EXPIRE', KEYS[2 * i], ttl)
+  counters[i] = {KEYS[2 * i - 1], KEYS[2 * i]}
+end
+redis.call('SET', KEYS[#KEYS], cjson.encode({m = member, p = counters}), 'EX', ttl)
+return {0, mini, minrem, amount}
+"""
+
+
+class StoreUnavailable(Exception):
+    """Redis (or, for a rebuild, Postgres) could not be reached: the caller answers 503."""
+
+
+class Outcome(Enum):
+    OK = "ok"
+    DENY_MODE = "deny_mode"
+    BUDGET = "budget"
+    SLOTS = "slots"
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    outcome: Outcome
+    period: Period | None = None  # the binding budget period (None: no budget configured)
+    remaining: int = 0  # its tokens left before this request
+    reserved: int = 0  # tokens reserved for this request
+    slot: bool = False  # a concurrency slot was taken
+    retry_after: int | None = None
+
+    def budget_headers(self) -> dict[str, str]:
+        if self.period is None:
+            return {}
+        return {
+            "x-budget-period": str(self.period),
+            "x-budget-tokens-remaining": str(max(0, self.remaining)),
+        }
+
+
+def budgets_for(principal: Principal) -> list[Budget]:
+    """Every budget that applies. A key's NULL inherits the tenant's value, which the tenant's
+    own counter (covering all its keys) already enforces, so only explicit key values add a
+    key-level counter."""
+    found: list[Budget] = []
+    for period, name in _BUDGET_FIELDS:
+        own: int | None = getattr(principal.key_limits, name)
+        if own is not None:
+            found.append(Budget(principal.tenant_id, principal.key_id, period, own))
+        shared: int | None = getattr(principal.tenant_limits, name)
+        if shared is not None:
+            found.append(Budget(principal.tenant_id, None, period, shared))
+    return found
+
+
+def slots_for(principal: Principal) -> list[tuple[str, int]]:
+    found: list[tuple[str, int]] = []
+    own = principal.key_limits.max_concurrent
+    if own is not None:
+        found.append((slots.key_slots(principal.tenant_id, principal.key_id), own))
+    shared = principal.tenant_limits.max_concurrent
+    if shared is not None:
+        found.append((slots.tenant_slots(principal.tenant_id), shared))
+    return found
+
+
+class Admitter:
+    def __init__(self, redis: aioredis.Redis, db: asyncpg.Pool) -> None:
+        self._redis = redis
+        self._db = db
+        self._sha = ""
+
+    async def load(self) -> None:
+        self._sha = await self._redis.script_load(_ADMIT)
+
+    async def deny_mode(self) -> bool:
+        """For answers that need no other Redis work (401, 403)."""
+        try:
+            return bool(await self._redis.exists(DENY_MODE_KEY))
+        except _STORE_ERRORS as exc:
+            raise StoreUnavailable from exc
+
+    async def admit(
+        self, principal: Principal, request_id: str, want: int, *, take: bool
+    ) -> Admission:
+        """Check (and with ``take``, reserve ``want`` tokens and a slot) for one request."""
+        now = datetime.now(UTC)
+        found = budgets_for(principal)
+        limits = slots_for(principal) if take else []
+        if not found and not limits:
+            return Admission(Outcome.DENY_MODE if await self.deny_mode() else Outcome.OK)
+        for _ in range(3):
+            result = await self._run(principal, found, limits, request_id, want, take, now)
+            if isinstance(result, Admission):
+                return result
+            try:
+                for index in result:
+                    await budgets.rebuild(self._redis, self._db, found[index - 1], now)
+            except _STORE_ERRORS as exc:
+                raise StoreUnavailable from exc
+        raise StoreUnavailable("budget counters could not be rebuilt")
+
+    async def _run(
+        self,
+        principal: Principal,
+        found: list[Budget],
+        limits: list[tuple[str, int]],
+        request_id: str,
+        want: int,
+        take: bool,
+        now: datetime,
+    ) -> Admission | list[int]:
+        keys: list[str] = []
+        for budget in found:
+            keys += [budget.used_key(now), budget.reserved_key(now)]
+        keys += [name for name, _ in limits]
+        keys.append(budgets.reservation_key(principal.tenant_id, request_id))
+        clock = time.time()
+        args: list[str | int | float] = [
+            clock,
+            len(found),
+            len(limits),
+            max(0, want),
+            request_id,
+            "1" if take else "0",
+            budgets.RESERVATION_TTL_S,
+            clock + slots.LEASE_S,
+            *(b.limit for b in found),
+            *(limit for _, limit in limits),
+        ]
+        try:
+            denied, raw = await self._pipeline(keys, args)
+            status = int(raw[0])
+            if denied:
+                if status == 0 and take:  # the script could not know: give it all back
+                    await budgets.settle(self._redis, principal.tenant_id, request_id, 0)
+                    await slots.release(
+                        self._redis, principal.tenant_id, principal.key_id, request_id
+                    )
+                return Admission(Outcome.DENY_MODE)
+        except _STORE_ERRORS as exc:
+            raise StoreUnavailable from exc
+        if status == 3:
+            return [int(i) for i in raw[1:]]
+        index, remaining = int(raw[1]), int(raw[2])
+        period = found[index - 1].period if index > 0 else None
+        if status == 1:
+            assert period is not None
+            return Admission(
+                Outcome.BUDGET,
+                period,
+                remaining,
+                retry_after=periods.seconds_until_reset(period, now),
+            )
+        if status == 2:
+            return Admission(Outcome.SLOTS, period, remaining, retry_after=1)
+        return Admission(
+            Outcome.OK, period, remaining, reserved=int(raw[3]), slot=take and bool(limits)
+        )
+
+    async def _pipeline(
+        self, keys: list[str], args: list[str | int | float]
+    ) -> tuple[bool, list[int]]:
+        """(deny mode?, the script's answer), in one round trip."""
+        for attempt in range(2):
+            if not self._sha:
+                await self.load()
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.exists(DENY_MODE_KEY)
+                    pipe.evalsha(self._sha, len(keys), *keys, *args)
+                    denied, raw = await pipe.execute()
+            except NoScriptError:
+                if attempt:
+                    raise
+                self._sha = ""
+                continue
+            return bool(denied), list(raw)
+        raise StoreUnavailable("admission script not loaded")

@@ -1,0 +1,152 @@
+"""Live model discovery: poll every backend's ``/api/tags``, cache in process and in Redis.
+
+Each backend's list lives ``discovery_ttl_s`` after its last successful fetch (by this replica
+or, through Redis key ``nz:discovery:<url>``, by another one). A backend whose list expired
+contributes nothing; when every list is empty or expired no model resolves (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+from prometheus_client import Gauge
+from redis.exceptions import RedisError
+
+from authz.models import canonical
+from gateway import logs
+
+MODELS_DISCOVERED = Gauge("authz_models_discovered", "distinct models on live backends")
+_FETCH_TIMEOUT_S = 2.0
+_log = logs.get("authz.discovery")
+
+
+def redis_key(url: str) -> str:
+    return f"nz:discovery:{url}"
+
+
+@dataclass(frozen=True, slots=True)
+class BackendModels:
+    url: str
+    entries: dict[str, dict[str, Any]]  # canonical name → the backend's /api/tags entry
+    until: float  # monotonic expiry
+
+
+def _parse_tags(payload: Any) -> dict[str, dict[str, Any]]:
+    models = payload.get("models") if isinstance(payload, dict) else None
+    if not isinstance(models, list):
+        raise ValueError("no models list")
+    entries: dict[str, dict[str, Any]] = {}
+    for entry in models:
+        if not isinstance(entry, dict):
+            continue
+        name = entry.get("model") or entry.get("name")
+        if isinstance(name, str) and canonical(name):
+            entries.setdefault(canonical(name), entry)
+    return entries
+
+
+@dataclass
+class Discovery:
+    urls: list[str]
+    redis: aioredis.Redis
+    interval_s: float
+    ttl_s: float
+    _backends: dict[str, BackendModels] = field(default_factory=dict, init=False)
+    _session: aiohttp.ClientSession | None = field(default=None, init=False)
+
+    # -- the API the rest of authz (and the admin API) reads -----------------------------
+
+    def snapshot(self) -> dict[str, frozenset[str]]:
+        """Backend URL → canonical model names, live lists only."""
+        now = time.monotonic()
+        return {
+            url: frozenset(b.entries)
+            for url, b in self._backends.items()
+            if b.until > now and url in self.urls
+        }
+
+    def models(self) -> frozenset[str]:
+        """Every canonical model name on a live backend (empty: nothing resolves)."""
+        return frozenset().union(*self.snapshot().values())
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        """Canonical name → the upstream's ``/api/tags`` entry (first backend that has it)."""
+        now = time.monotonic()
+        found: dict[str, dict[str, Any]] = {}
+        for url in self.urls:
+            backend = self._backends.get(url)
+            if backend is not None and backend.until > now:
+                for name, entry in backend.entries.items():
+                    found.setdefault(name, entry)
+        return found
+
+    def backends_for(self, model: str) -> list[str]:
+        return [url for url, names in self.snapshot().items() if model in names]
+
+    # -- polling -------------------------------------------------------------------------
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=_FETCH_TIMEOUT_S)
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def refresh(self) -> None:
+        await asyncio.gather(*(self._refresh_one(url) for url in self.urls))
+        MODELS_DISCOVERED.set(len(self.models()))
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.refresh()
+            except Exception as exc:  # never let the poller die
+                _log.warning("discovery round failed", error=str(exc))
+
+    async def _refresh_one(self, url: str) -> None:
+        try:
+            async with self.session().get(f"{url}/api/tags") as resp:
+                resp.raise_for_status()
+                payload = await resp.json(content_type=None)
+            entries = _parse_tags(payload)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            _log.warning("backend model list not refreshed", backend=url, error=str(exc))
+            await self._adopt_shared(url)
+            return
+        self._backends[url] = BackendModels(url, entries, time.monotonic() + self.ttl_s)
+        try:
+            await self.redis.set(
+                redis_key(url),
+                json.dumps({"models": list(entries.values())}),
+                px=max(1, int(self.ttl_s * 1000)),
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            _log.warning("model list not shared", error=str(exc))
+
+    async def _adopt_shared(self, url: str) -> None:
+        """Another replica may still reach the backend: take its list while it is fresh."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.get(redis_key(url))
+                pipe.pttl(redis_key(url))
+                text, pttl = await pipe.execute()
+            if text is None or pttl is None or pttl <= 0:
+                return
+            entries = _parse_tags(json.loads(text))
+        except (RedisError, OSError, TimeoutError, ValueError):
+            return
+        current = self._backends.get(url)
+        until = time.monotonic() + pttl / 1000
+        if current is None or current.until < until:
+            self._backends[url] = BackendModels(url, entries, until)

@@ -1,0 +1,109 @@
+"""Token budgets in Redis: live counters, reservations, settlement, rebuild from the ledger.
+
+Layout (every key of one tenant under the hash tag ``{<tenant_id>}``, so one Lua script can
+touch them all on a Redis Cluster):
+
+* ``nz:{T}:bu:<scope>:<period>:<bucket>`` — string, tokens *used* in the period (the ledger's
+  sum; rebuilt from ``gateway.budget_ledger`` when missing);
+* ``nz:{T}:br:<scope>:<period>:<bucket>`` — sorted set of live *reservations*, member
+  ``<request_id>|<tokens>``, score = the reservation's expiry (epoch seconds); expired
+  members are dropped before summing, so a lost settlement heals itself;
+* ``nz:{T}:rsv:<request_id>`` — JSON record of one request's reservation (which counters it
+  reserved on, under which member), read by :func:`settle`.
+
+``<scope>`` is ``t`` for the tenant or ``k:<key_id>`` for a key. authz checks and reserves
+(see ``authz/admission.py``); accounting calls :func:`settle` with the real count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from gateway import periods
+from gateway.periods import Period
+
+# A reservation not settled within this time stops counting (lost settlement heals itself).
+RESERVATION_TTL_S = 1800
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """One configured budget: a period's limit for the tenant (key_id None) or one key."""
+
+    tenant_id: str
+    key_id: str | None
+    period: Period
+    limit: int
+
+    def scope(self) -> str:
+        return "t" if self.key_id is None else f"k:{self.key_id}"
+
+    def _name(self, kind: str, now: datetime) -> str:
+        bucket = periods.bucket(self.period, now)
+        return f"nz:{{{self.tenant_id}}}:{kind}:{self.scope()}:{self.period}:{bucket}"
+
+    def used_key(self, now: datetime) -> str:
+        return self._name("bu", now)
+
+    def reserved_key(self, now: datetime) -> str:
+        return self._name("br", now)
+
+
+def reservation_key(tenant_id: str, request_id: str) -> str:
+    return f"nz:{{{tenant_id}}}:rsv:{request_id}"
+
+
+def counter_ttl_s(period: Period, now: datetime) -> int | None:
+    """How long a period's counters live: past the reset with a margin; None for total."""
+    left = periods.seconds_until_reset(period, now)
+    return None if left is None else left + 2 * 86400
+
+
+_LEDGER_SQL = """
+SELECT COALESCE(SUM(tokens_in + tokens_out), 0)::bigint
+  FROM gateway.budget_ledger
+ WHERE tenant_id = $1::uuid AND ($2::uuid IS NULL OR key_id = $2::uuid)
+   AND occurred_at >= $3 AND ($4::timestamptz IS NULL OR occurred_at < $4)
+"""
+
+
+async def rebuild(redis: aioredis.Redis, db: asyncpg.Pool, budget: Budget, now: datetime) -> int:
+    """Recreate a missing *used* counter from the Postgres ledger (never overwrites one)."""
+    begin = periods.start(budget.period, now)
+    end = periods.reset_at(budget.period, now)
+    used: int = await db.fetchval(_LEDGER_SQL, budget.tenant_id, budget.key_id, begin, end)
+    await redis.set(budget.used_key(now), used, nx=True, ex=counter_ttl_s(budget.period, now))
+    return used
+
+
+_SETTLE = """
+local rec = redis.call('GET', KEYS[1])
+if not rec then return 0 end
+redis.call('DEL', KEYS[1])
+local r = cjson.decode(rec)
+local actual = tonumber(ARGV[1])
+for _, pair in ipairs(r.p) do
+  redis.call('ZREM', pair[2], r.m)
+  if actual > 0 and redis.call('EXISTS', pair[1]) == 1 then
+    redis.call('INCRBY', pair[1], actual)
+  end
+end
+return 1
+"""
+
+
+async def settle(
+    redis: aioredis.Redis, tenant_id: str, request_id: str, actual_tokens: int
+) -> None:
+    """Turn a request's reservation into real use: reserved -= its amount, used += actual.
+
+    Idempotent (the reservation record is consumed); a missing reservation is a no-op. A
+    *used* counter that is missing (Redis flushed) is left missing: the next check rebuilds
+    it from the ledger (accounting writes this request's ledger row).
+    """
+    script = redis.register_script(_SETTLE)
+    await script(keys=[reservation_key(tenant_id, request_id)], args=[max(0, int(actual_tokens))])

@@ -1,0 +1,31 @@
+"""Concurrency slots in Redis: one sorted set per key and per tenant.
+
+``nz:{<tenant_id>}:cs:k:<key_id>`` and ``nz:{<tenant_id>}:cs:t``: member = Envoy's request id,
+score = the lease's expiry (epoch seconds). Members whose lease ran out are dropped before
+counting, so a release that never comes (a crashed accounting, a lost stream) heals itself.
+authz takes the slot (``authz/admission.py``, in the same Lua call as the budget check);
+accounting calls :func:`release` when the stream ends.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+# A slot not released within this time is free again (longest stream we expect, with margin).
+LEASE_S = 900
+
+
+def key_slots(tenant_id: str, key_id: str) -> str:
+    return f"nz:{{{tenant_id}}}:cs:k:{key_id}"
+
+
+def tenant_slots(tenant_id: str) -> str:
+    return f"nz:{{{tenant_id}}}:cs:t"
+
+
+async def release(redis: aioredis.Redis, tenant_id: str, key_id: str, request_id: str) -> None:
+    """Free the request's slot on the key and the tenant; idempotent."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zrem(key_slots(tenant_id, key_id), request_id)
+        pipe.zrem(tenant_slots(tenant_id), request_id)
+        await pipe.execute()
