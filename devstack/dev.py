@@ -3,38 +3,41 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import signal
 import threading
 from pathlib import Path
 from typing import Any
 
-import asyncpg
+import grpc
 
-from authz import provisioning
 from devstack.stack import Stack, StackConfig
-from gateway import apikeys
+from gateway import admincli as admin
 
 
-async def _demo_key(database_url: str) -> str:
-    conn = await asyncpg.connect(database_url)
+def _demo_key(admin_addr: str, token: str) -> str:
+    """The demo tenant (created once) and a fresh demo key, through the admin API."""
+    from protos.neuronetz.admin.v1 import admin_pb2 as pb
+
     try:
-        tenant_id = await conn.fetchval("SELECT id::text FROM gateway.tenants WHERE name='demo'")
-        if tenant_id is None:
-            tenant_id = await provisioning.create_tenant(
-                conn,
-                "demo",
-                allow_all=True,
-                requests_per_minute=600,
-                tokens_per_minute=200_000,
-                max_concurrent=16,
-                budget_daily=1_000_000,
-            )
-        created = await provisioning.create_key(conn, apikeys.hasher(), tenant_id, name="demo")
-        return created.full_key
-    finally:
-        await conn.close()
+        # The admin API starts just after authz's Check server: wait for it.
+        request = pb.GetTenantRequest(tenant="demo")
+        admin.call(admin_addr, token, "GetTenant", request, wait_for_ready=True)
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        limits = pb.Limits(
+            requests_per_minute=600,
+            tokens_per_minute=200_000,
+            max_concurrent=16,
+            budget_daily=1_000_000,
+        )
+        create = pb.CreateTenantRequest(name="demo", allow_all=True, limits=limits)
+        admin.call(admin_addr, token, "CreateTenant", create)
+    created = admin.call(
+        admin_addr, token, "CreateKey", pb.CreateKeyRequest(tenant="demo", name="demo")
+    )
+    return str(created.full_key)
 
 
 def _banner(stack: Stack, key: str) -> str:
@@ -75,7 +78,7 @@ def run_dev(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     stack = Stack(config).start()
     try:
-        key = asyncio.run(_demo_key(stack.database_url))
+        key = _demo_key(f"127.0.0.1:{stack.ports['admin']}", stack.admin_token)
         state: dict[str, Any] = {
             "listener": stack.listener,
             "demo_key": key,

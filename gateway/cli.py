@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--state-file", help="write the stack's URLs and demo key here as JSON")
     dev.add_argument("--work-dir", help="keep the stack's data here (default: a temp dir)")
     dev.set_defaults(func=_dev)
+    from gateway import admincli  # operator subcommands: thin clients of the admin API
+
+    admincli.add_subcommands(sub)
     return parser
 
 

@@ -1,0 +1,46 @@
+"""Start the admin gRPC server inside the authz process, on ``admin_listen`` (loopback by
+default), with health and reflection so grpcurl needs no .proto file."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import asyncpg
+import grpc
+
+from authz.admin.auth import TokenCheck
+from authz.admin.models import ModelSource
+from authz.admin.server import SERVICE_NAME, register
+from authz.admin.service import Admin
+from gateway import apikeys, grpcserver, logs
+from gateway.settings import Settings
+
+_log = logs.get("admin")
+
+
+def _loopback(listen: str) -> bool:
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def start(
+    cfg: Settings,
+    pool: asyncpg.Pool,
+    *,
+    discovery: ModelSource | None = None,
+) -> grpc.aio.Server:
+    tokens = TokenCheck(cfg.admin_token)
+    if not tokens.enabled:
+        _log.warning("admin_disabled", reason="no admin token configured; every call is denied")
+    if not _loopback(cfg.admin_listen):
+        _log.warning("admin_not_loopback", listen=cfg.admin_listen)
+    hasher = apikeys.hasher(cfg.argon2_time_cost, cfg.argon2_memory_kib)
+    admin = Admin(pool, hasher, list(cfg.ollama_urls), discovery=discovery)
+    server = await grpcserver.start(cfg.admin_listen, [register(admin, tokens)], [SERVICE_NAME])
+    _log.info("admin_serving", listen=cfg.admin_listen)
+    return server

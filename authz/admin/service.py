@@ -1,0 +1,281 @@
+"""The admin operations in plain typed Python: what each RPC does, without protobuf.
+
+Every mutating operation runs in one transaction with its ``gateway.admin_audit`` row. authz
+replicas learn of changes through Postgres NOTIFY (``key_revoked`` from the revocations
+trigger, ``key_changed`` from :mod:`authz.provisioning`). Reads never select a key's hash;
+the full key leaves only through :meth:`Admin.create_key`'s return value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from argon2 import PasswordHasher
+
+from accounting import usage
+from authz import provisioning
+from authz.admin import audit, backends, budgets, models, pages, records
+from authz.admin.records import KeyRecord, TenantRecord
+from authz.provisioning import InvalidArgument
+from gateway.periods import Period
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A tenant (id or name) or a key (id or prefix); exactly one is set."""
+
+    tenant: str = ""
+    key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetView:
+    tenant: TenantRecord
+    key: KeyRecord | None
+    periods: list[budgets.PeriodStatus]
+
+
+@dataclass(frozen=True, slots=True)
+class UsageView:
+    window: usage.Window
+    rows: list[usage.UsageRow]
+    total: usage.UsageRow
+
+
+@dataclass
+class Admin:
+    pool: asyncpg.Pool
+    hasher: PasswordHasher
+    backend_urls: Sequence[str]
+    discovery: models.ModelSource | None = None
+    now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+    # -- tenants ------------------------------------------------------------------------
+
+    async def create_tenant(
+        self,
+        name: str,
+        *,
+        allow_all: bool,
+        allowed_models: Sequence[str],
+        allow_cloud: bool,
+        limits: Mapping[str, int | None],
+    ) -> TenantRecord:
+        async with self.pool.acquire() as conn, conn.transaction():
+            tenant_id = await provisioning.create_tenant(
+                conn,
+                name,
+                allow_all=allow_all,
+                allowed_models=allowed_models,
+                allow_cloud=allow_cloud,
+                **limits,
+            )
+            details = {"allow_all": allow_all, "allowed_models": list(allowed_models), **limits}
+            await audit.record(conn, "CreateTenant", f"tenant:{name}", details)
+            return await records.tenant(conn, tenant_id)
+
+    async def get_tenant(self, ref: str) -> TenantRecord:
+        async with self.pool.acquire() as conn:
+            return await records.tenant(conn, ref)
+
+    async def list_tenants(
+        self, page_size: int, page_token: str, include_disabled: bool
+    ) -> tuple[list[TenantRecord], str]:
+        size = pages.size(page_size)
+        position = pages.decode("tenants", page_token)
+        after = str(position[0]) if position else None
+        async with self.pool.acquire() as conn:
+            found = await records.list_tenants(
+                conn, after=after, limit=size + 1, include_disabled=include_disabled
+            )
+        more = len(found) > size
+        found = found[:size]
+        token = pages.encode("tenants", [found[-1].name]) if more else ""
+        return found, token
+
+    async def update_tenant(self, ref: str, changes: Mapping[str, Any]) -> TenantRecord:
+        if not changes:
+            raise InvalidArgument("nothing to change: set a field or name it in update_mask")
+        async with self.pool.acquire() as conn, conn.transaction():
+            tenant = await records.tenant(conn, ref)
+            await provisioning.update_tenant(conn, tenant.id, changes)
+            await audit.record(conn, "UpdateTenant", f"tenant:{tenant.name}", changes)
+            updated = await records.tenant(conn, tenant.id)
+        return updated
+
+    async def set_tenant_status(self, ref: str, status: str, reason: str = "") -> TenantRecord:
+        operation = "DisableTenant" if status == "disabled" else "EnableTenant"
+        async with self.pool.acquire() as conn, conn.transaction():
+            tenant = await records.tenant(conn, ref)
+            await provisioning.set_tenant_status(conn, tenant.id, status)
+            details = {"reason": reason} if reason else {}
+            await audit.record(conn, operation, f"tenant:{tenant.name}", details)
+            updated = await records.tenant(conn, tenant.id)
+        return updated
+
+    # -- keys ---------------------------------------------------------------------------
+
+    async def create_key(
+        self,
+        tenant_ref: str,
+        *,
+        name: str,
+        scopes: Sequence[str] | None,
+        allow_all: bool | None,
+        allowed_models: Sequence[str] | None,
+        prompt_log: bool,
+        limits: Mapping[str, int | None],
+        expires_at: datetime | None,
+    ) -> tuple[KeyRecord, str]:
+        """The new key's record and the full key (returned here and nowhere else, ever)."""
+        if expires_at is not None and expires_at <= self.now():
+            raise InvalidArgument("expires_at is in the past")
+        async with self.pool.acquire() as conn, conn.transaction():
+            tenant = await records.tenant(conn, tenant_ref)
+            created = await provisioning.create_key(
+                conn,
+                self.hasher,
+                tenant.id,
+                name=name,
+                scopes=scopes,
+                allow_all=allow_all,
+                allowed_models=allowed_models,
+                prompt_log=prompt_log,
+                expires_at=expires_at,
+                **limits,
+            )
+            details: dict[str, Any] = {"tenant": tenant.name, "name": name, **limits}
+            if scopes is not None:
+                details["scopes"] = list(scopes)
+            await audit.record(conn, "CreateKey", f"key:{created.prefix}", details)
+            return await records.key(conn, created.key_id), created.full_key
+
+    async def get_key(self, ref: str) -> KeyRecord:
+        async with self.pool.acquire() as conn:
+            return await records.key(conn, ref)
+
+    async def list_keys(
+        self, tenant_ref: str, page_size: int, page_token: str, include_revoked: bool
+    ) -> tuple[list[KeyRecord], str]:
+        size = pages.size(page_size)
+        position = pages.decode("keys", page_token)
+        after: tuple[datetime, str] | None = None
+        if position is not None:
+            try:
+                after = (datetime.fromisoformat(str(position[0])), str(position[1]))
+            except (ValueError, IndexError):
+                raise InvalidArgument("page_token is not one this server issued") from None
+        async with self.pool.acquire() as conn:
+            tenant_id = (await records.tenant(conn, tenant_ref)).id if tenant_ref else None
+            found = await records.list_keys(
+                conn,
+                tenant_id=tenant_id,
+                after=after,
+                limit=size + 1,
+                include_revoked=include_revoked,
+            )
+        more = len(found) > size
+        found = found[:size]
+        token = ""
+        if more:
+            token = pages.encode("keys", [found[-1].created_at.isoformat(), found[-1].id])
+        return found, token
+
+    async def update_key(self, ref: str, changes: Mapping[str, Any]) -> KeyRecord:
+        if not changes:
+            raise InvalidArgument("nothing to change: set a field or name it in update_mask")
+        async with self.pool.acquire() as conn, conn.transaction():
+            key = await records.key(conn, ref)
+            await provisioning.update_key(conn, key.id, changes)
+            await audit.record(conn, "UpdateKey", f"key:{key.prefix}", changes)
+            updated = await records.key(conn, key.id)
+        return updated
+
+    async def revoke_key(self, ref: str, reason: str) -> KeyRecord:
+        async with self.pool.acquire() as conn, conn.transaction():
+            key = await records.key(conn, ref)
+            revoked = await provisioning.revoke_key(conn, key.id, reason)
+            details = {"reason": reason.strip(), "already_revoked": not revoked}
+            await audit.record(conn, "RevokeKey", f"key:{key.prefix}", details)
+            updated = await records.key(conn, key.id)
+        return updated
+
+    async def expire_key(self, ref: str, at: datetime | None) -> KeyRecord:
+        when = at or self.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            key = await records.key(conn, ref)
+            await provisioning.expire_key(conn, key.id, when)
+            await audit.record(conn, "ExpireKey", f"key:{key.prefix}", {"expires_at": when})
+            updated = await records.key(conn, key.id)
+        return updated
+
+    # -- budgets ------------------------------------------------------------------------
+
+    async def set_budget(self, target: Target, period: Period, tokens: int | None) -> BudgetView:
+        changes = {budgets.column(period): tokens}
+        if target.key:
+            await self.update_key(target.key, changes)
+        else:
+            await self.update_tenant(target.tenant, changes)
+        return await self.get_budget(target)
+
+    async def get_budget(self, target: Target) -> BudgetView:
+        now = self.now()
+        async with self.pool.acquire() as conn:
+            key, tenant = await self._resolve(conn, target)
+            if key is None:
+                return BudgetView(tenant, None, await budgets.tenant_status(conn, tenant, now))
+            return BudgetView(tenant, key, await budgets.key_status(conn, key, tenant, now))
+
+    # -- models, usage, backends --------------------------------------------------------
+
+    def list_models(self, backend: str = "") -> dict[str, list[str]]:
+        found = models.discovered(self.discovery)
+        if backend:
+            backend = backend.rstrip("/")
+            if backend not in found and backend not in self.backend_urls:
+                raise provisioning.NotFound(f"no backend {backend!r}")
+            found = {backend: found.get(backend, frozenset())}
+        return {url: sorted(names) for url, names in sorted(found.items())}
+
+    async def effective_models(self, target: Target) -> models.Policy:
+        async with self.pool.acquire() as conn:
+            key, tenant = await self._resolve(conn, target)
+        return models.policy(tenant, key, models.discovered(self.discovery))
+
+    async def usage(
+        self, target: Target, window: usage.Window, by: Sequence[usage.Dimension]
+    ) -> UsageView:
+        if window.start and window.end and window.end <= window.start:
+            raise InvalidArgument("end must be after start")
+        async with self.pool.acquire() as conn:
+            tenant_id = key_id = None
+            if target.tenant or target.key:
+                key, tenant = await self._resolve(conn, target)
+                tenant_id = tenant.id if key is None else None
+                key_id = key.id if key is not None else None
+            rows, total = await usage.report(
+                conn, tenant_id=tenant_id, key_id=key_id, window=window, by=by
+            )
+        return UsageView(window, rows, total)
+
+    async def probe_backends(self, timeout_s: float) -> list[backends.BackendProbe]:
+        if not 0 < timeout_s <= 30:
+            raise InvalidArgument("timeout must be between 0 and 30 seconds")
+        return await backends.probe_all(list(self.backend_urls), timeout_s)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    async def _resolve(
+        self, conn: provisioning.Connection, target: Target
+    ) -> tuple[KeyRecord | None, TenantRecord]:
+        if bool(target.tenant) == bool(target.key):
+            raise InvalidArgument("name exactly one target: a tenant or a key")
+        if target.key:
+            key = await records.key(conn, target.key)
+            return key, await records.tenant(conn, key.tenant_id)
+        return None, await records.tenant(conn, target.tenant)

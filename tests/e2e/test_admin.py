@@ -1,0 +1,526 @@
+"""The admin API as an operator meets it: grpcurl-style calls through server reflection (no
+generated stubs here), the effects through Envoy's listener, rows in Postgres."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from google.protobuf import descriptor_pool, json_format, message_factory
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from tests.gateway_client import Gateway
+
+SERVICE = "neuronetz.admin.v1.AdminService"
+CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "count to three please"}]}
+_seq = iter(range(1, 1_000_000))
+
+
+class Grpcurl:
+    """What grpcurl does: descriptors from server reflection, requests from JSON."""
+
+    def __init__(self, addr: str, token: str) -> None:
+        self.channel = grpc.insecure_channel(addr)
+        # The admin API starts just after authz's Check server: wait until it listens.
+        grpc.channel_ready_future(self.channel).result(timeout=10)
+        self.token = token
+        self.db = ProtoReflectionDescriptorDatabase(self.channel)
+        self.pool = descriptor_pool.DescriptorPool(self.db)
+
+    def services(self) -> list[str]:
+        return list(self.db.get_services())
+
+    def call(self, method: str, body: dict[str, Any] | None = None, **opts: Any) -> Any:
+        """``grpcurl -H 'authorization: Bearer …' -d '<json>' addr Service/Method``."""
+        desc = self.pool.FindServiceByName(SERVICE).methods_by_name[method]
+        request_class = message_factory.GetMessageClass(desc.input_type)
+        response_class = message_factory.GetMessageClass(desc.output_type)
+        request = json_format.Parse(json.dumps(body or {}), request_class())
+        stub: Any = self.channel.unary_unary(
+            f"/{SERVICE}/{method}",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=response_class.FromString,
+        )
+        token = opts.get("token", self.token)
+        metadata = opts.get("metadata", [("authorization", f"Bearer {token}")])
+        response = stub(request, metadata=metadata, timeout=10)
+        return json_format.MessageToDict(response)
+
+    def raw(self, method: str, body: dict[str, Any] | None = None) -> str:
+        """The response exactly as grpcurl would print it (JSON text)."""
+        return json.dumps(self.call(method, body))
+
+
+@pytest.fixture(scope="module")
+def admin(gw: Gateway) -> Iterator[Grpcurl]:
+    client = Grpcurl(f"127.0.0.1:{gw.stack.ports['admin']}", gw.stack.admin_token)
+    try:
+        yield client
+    finally:
+        client.channel.close()
+
+
+def tenant_name() -> str:
+    return f"adm-{time.monotonic_ns() % 10**9}-{next(_seq)}"
+
+
+def rpc_error(excinfo: pytest.ExceptionInfo[grpc.RpcError]) -> tuple[grpc.StatusCode, str]:
+    err: Any = excinfo.value
+    return err.code(), err.details()
+
+
+def chat(gw: Gateway, key: str, **extra: Any) -> httpx.Response:
+    body = {**CHAT, "stream": False, **extra}
+    return httpx.post(f"{gw.url}/api/chat", json=body, headers={"Authorization": f"Bearer {key}"})
+
+
+def poll(check: Any, timeout_s: float, interval_s: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(interval_s)
+
+
+# -- grpcurl-friendliness -------------------------------------------------------------------
+
+
+def test_reflection_lists_the_admin_service_health_and_reflection(gw: Gateway) -> None:
+    # No token: reflection and health are open (they reveal the schema, not data).
+    client = Grpcurl(f"127.0.0.1:{gw.stack.ports['admin']}", "")
+    try:
+        services = client.services()
+        assert SERVICE in services
+        assert "grpc.health.v1.Health" in services
+        assert any(s.startswith("grpc.reflection.") for s in services)
+        methods = set(client.pool.FindServiceByName(SERVICE).methods_by_name)
+        assert {
+            "CreateTenant",
+            "GetTenant",
+            "ListTenants",
+            "UpdateTenant",
+            "DisableTenant",
+            "CreateKey",
+            "GetKey",
+            "ListKeys",
+            "UpdateKey",
+            "RevokeKey",
+            "ExpireKey",
+            "SetBudget",
+            "GetBudget",
+            "ListModels",
+            "GetEffectiveModels",
+            "GetUsage",
+            "ProbeBackends",
+        } <= methods
+        health = health_pb2_grpc.HealthStub(client.channel)
+        answer = health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        client.channel.close()
+
+
+def test_create_chat_revoke_usage_the_grpcurl_way(gw: Gateway, admin: Grpcurl) -> None:
+    name = tenant_name()
+    tenant = admin.call("CreateTenant", {"name": name, "allow_all": True})
+    assert tenant["name"] == name
+    assert tenant["status"] == "TENANT_STATUS_ACTIVE"  # enums by name
+    created = admin.call("CreateKey", {"tenant": name, "name": "ci"})
+    full_key, key = created["fullKey"], created["key"]
+    assert full_key.startswith(f"nz_{key['prefix']}_")
+    assert key["status"] == "KEY_STATUS_ACTIVE"
+    assert key["scopes"] == ["SCOPE_CHAT", "SCOPE_EMBEDDINGS", "SCOPE_MODELS"]
+    assert key["createdAt"].endswith("Z")  # google.protobuf.Timestamp, RFC 3339
+
+    resp = chat(gw, full_key, options={"num_predict": 5})
+    assert resp.status_code == 200, resp.text
+    final = resp.json()
+    tokens_in, tokens_out = final["prompt_eval_count"], final["eval_count"]
+    assert (tokens_in, tokens_out) == (4, 5)
+
+    revoked = admin.call("RevokeKey", {"key": key["prefix"], "reason": "leaked in CI log"})
+    assert revoked["status"] == "KEY_STATUS_REVOKED"
+    assert revoked["revokedReason"] == "leaked in CI log"
+    started = time.monotonic()
+    status = poll(lambda: chat(gw, full_key).status_code == 401, timeout_s=1.0)
+    assert status, "a revoked key still worked a second after RevokeKey"
+    assert time.monotonic() - started <= 1.0 + 0.5  # the last request itself may take a moment
+
+    def usage() -> dict[str, Any] | None:
+        report = admin.call("GetUsage", {"key": key["id"]})
+        total = report.get("total", {})
+        return report if int(total.get("tokensTotal", 0)) >= tokens_in + tokens_out else None
+
+    report = poll(usage, timeout_s=5.0, interval_s=0.2)
+    assert report is not None, admin.call("GetUsage", {"key": key["id"]})
+    total = report["total"]
+    assert int(total["tokensIn"]) == tokens_in
+    assert int(total["tokensOut"]) == tokens_out
+    by_model = admin.call(
+        "GetUsage", {"tenant": name, "group_by": ["USAGE_DIMENSION_KEY", "USAGE_DIMENSION_MODEL"]}
+    )
+    row = next(r for r in by_model["rows"] if r.get("keyPrefix") == key["prefix"])
+    assert row["model"].startswith("llama3.2")
+    assert int(row["tokensTotal"]) == tokens_in + tokens_out
+
+    audit = gw.sql(
+        "SELECT operation, target FROM gateway.admin_audit WHERE target IN ($1, $2) ORDER BY id",
+        f"tenant:{name}",
+        f"key:{key['prefix']}",
+    )
+    assert [(r["operation"], r["target"]) for r in audit] == [
+        ("CreateTenant", f"tenant:{name}"),
+        ("CreateKey", f"key:{key['prefix']}"),
+        ("RevokeKey", f"key:{key['prefix']}"),
+    ]
+    revocations = gw.sql(
+        "SELECT reason FROM gateway.revocations WHERE key_id = $1::uuid", key["id"]
+    )
+    assert [r["reason"] for r in revocations] == ["leaked in CI log"]
+
+
+def test_the_full_key_appears_in_exactly_one_response(gw: Gateway, admin: Grpcurl) -> None:
+    name = tenant_name()
+    admin.call("CreateTenant", {"name": name, "allowed_models": {"models": ["llama3.2"]}})
+    created = admin.raw("CreateKey", {"tenant": name, "limits": {"budget_daily": 1000}})
+    full_key = json.loads(created)["fullKey"]
+    key = json.loads(created)["key"]
+    secret = full_key.rsplit("_", 1)[1]
+    assert created.count(full_key) == 1
+    assert chat(gw, full_key).status_code == 200
+    (row,) = gw.sql("SELECT key_hash FROM gateway.api_keys WHERE id = $1::uuid", key["id"])
+    stored_hash = row["key_hash"]
+    later = [
+        admin.raw("GetKey", {"key": key["prefix"]}),
+        admin.raw("GetKey", {"key": key["id"]}),
+        admin.raw("ListKeys", {"tenant": name}),
+        admin.raw("ListKeys", {}),
+        admin.raw("GetTenant", {"tenant": name}),
+        admin.raw("UpdateKey", {"key": key["id"], "name": "renamed"}),
+        admin.raw("GetBudget", {"key": key["id"]}),
+        admin.raw("SetBudget", {"key": key["id"], "period": "PERIOD_TOTAL", "tokens": 5}),
+        admin.raw("GetEffectiveModels", {"key": key["prefix"]}),
+        admin.raw("GetUsage", {"tenant": name, "group_by": ["USAGE_DIMENSION_KEY"]}),
+        admin.raw("ExpireKey", {"key": key["id"]}),
+        admin.raw("RevokeKey", {"key": key["id"], "reason": "test"}),
+        admin.raw("RevokeKey", {"key": key["id"], "reason": "again"}),
+    ]
+    for text in later:
+        assert secret not in text
+        assert stored_hash not in text
+        assert "argon2" not in text
+    assert key["prefix"] in later[0]
+    # Nor does it reach the audit trail or the service's log.
+    details = gw.sql("SELECT details::text AS d FROM gateway.admin_audit")
+    assert not [r for r in details if secret in r["d"] or "argon2" in r["d"]]
+    log = (gw.stack.work_dir / "logs" / "authz.log").read_text(errors="replace")
+    assert secret not in log
+    assert gw.stack.admin_token not in log
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        [],
+        [("authorization", "Bearer wrong-token")],
+        [("authorization", "Basic YWRtaW46YWRtaW4=")],
+        [("authorization", "Bearer ")],
+    ],
+    ids=["missing", "wrong", "basic", "empty"],
+)
+def test_missing_or_wrong_admin_token_is_unauthenticated(
+    gw: Gateway, admin: Grpcurl, metadata: list[tuple[str, str]]
+) -> None:
+    name = tenant_name()
+    with pytest.raises(grpc.RpcError) as excinfo:
+        admin.call("CreateTenant", {"name": name}, metadata=metadata)
+    code, message = rpc_error(excinfo)
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert "token" in message
+    with pytest.raises(grpc.RpcError) as excinfo:
+        admin.call("ListKeys", {}, metadata=metadata)
+    assert rpc_error(excinfo)[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert not gw.sql("SELECT 1 FROM gateway.tenants WHERE name = $1", name)
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "words"),
+    [
+        ("CreateTenant", {"name": "Not A Valid Name!"}, "tenant name"),
+        ("CreateTenant", {"name": "", "allow_all": True}, "tenant name"),
+        ("CreateTenant", {"name": "x-neg", "limits": {"budget_daily": -1}}, "budget_daily"),
+        ("CreateTenant", {"name": "x-model", "allowed_models": {"models": ["a b"]}}, "model"),
+        (
+            "CreateTenant",
+            {"name": "x-ka", "defaults": {"keep_alive_min_s": 100, "keep_alive_max_s": 10}},
+            "keep_alive",
+        ),
+        ("CreateKey", {"tenant": "{tenant}", "scopes": ["SCOPE_UNSPECIFIED"]}, "scope"),
+        ("CreateKey", {"tenant": "{tenant}", "expires_at": "2001-01-01T00:00:00Z"}, "past"),
+        ("RevokeKey", {"key": "{key}", "reason": "   "}, "reason"),
+        ("SetBudget", {"tenant": "{tenant}", "tokens": 5}, "period"),
+        ("SetBudget", {"period": "PERIOD_DAILY", "tokens": 5}, "tenant or a key"),
+        ("ListKeys", {"page_size": -1}, "page_size"),
+        ("ListKeys", {"page_token": "bm90LWEtdG9rZW4"}, "page_token"),
+        ("UpdateTenant", {"tenant": "{tenant}"}, "nothing to change"),
+        ("UpdateTenant", {"tenant": "{tenant}", "update_mask": "noSuchField"}, "update_mask"),
+        ("UpdateKey", {"key": "{key}", "limits": {"max_concurrent": 1 << 40}}, "max_concurrent"),
+        ("GetUsage", {"period": "PERIOD_DAILY", "start": "2030-01-01T00:00:00Z"}, "period"),
+        ("ProbeBackends", {"timeout": "100s"}, "timeout"),
+    ],
+)
+def test_bad_arguments_are_invalid_argument_with_a_message(
+    gw: Gateway, admin: Grpcurl, method: str, body: dict[str, Any], words: str
+) -> None:
+    name = tenant_name()
+    admin.call("CreateTenant", {"name": name})
+    key = admin.call("CreateKey", {"tenant": name})["key"]["prefix"]
+    filled = json.loads(json.dumps(body).replace("{tenant}", name).replace("{key}", key))
+    with pytest.raises(grpc.RpcError) as excinfo:
+        admin.call(method, filled)
+    code, message = rpc_error(excinfo)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, message
+    assert words in message
+
+
+def test_not_found_and_already_exists(admin: Grpcurl) -> None:
+    name = tenant_name()
+    admin.call("CreateTenant", {"name": name})
+    with pytest.raises(grpc.RpcError) as excinfo:
+        admin.call("CreateTenant", {"name": name})
+    assert rpc_error(excinfo) == (grpc.StatusCode.ALREADY_EXISTS, f"tenant {name!r} already exists")
+    for method, body in [
+        ("GetTenant", {"tenant": "no-such-tenant"}),
+        ("GetTenant", {"tenant": "00000000-0000-0000-0000-000000000000"}),
+        ("GetKey", {"key": "aaaaaaaaaaaa"}),
+        ("RevokeKey", {"key": "00000000-0000-0000-0000-000000000000", "reason": "x"}),
+        ("CreateKey", {"tenant": "no-such-tenant"}),
+        ("GetUsage", {"key": "aaaaaaaaaaaa"}),
+    ]:
+        with pytest.raises(grpc.RpcError) as excinfo:
+            admin.call(method, body)
+        code, message = rpc_error(excinfo)
+        assert code == grpc.StatusCode.NOT_FOUND, (method, message)
+        assert "not found" in message
+
+
+def test_a_pasted_full_key_is_not_echoed_in_errors(gw: Gateway, admin: Grpcurl) -> None:
+    full_key = gw.new_key()
+    with pytest.raises(grpc.RpcError) as excinfo:
+        admin.call("GetKey", {"key": full_key})
+    code, message = rpc_error(excinfo)
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert full_key.rsplit("_", 1)[1] not in message
+
+
+# -- tenants, keys, pagination --------------------------------------------------------------
+
+
+def test_list_keys_pages_through_every_key_once(admin: Grpcurl) -> None:
+    name = tenant_name()
+    admin.call("CreateTenant", {"name": name})
+    made = {admin.call("CreateKey", {"tenant": name})["key"]["id"] for _ in range(5)}
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        page = admin.call("ListKeys", {"tenant": name, "page_size": 2, "page_token": token})
+        pages += 1
+        seen.extend(k["id"] for k in page.get("keys", []))
+        token = page.get("nextPageToken", "")
+        if not token:
+            break
+    assert pages == 3
+    assert sorted(seen) == sorted(made)
+    # Revoked keys are left out unless asked for.
+    admin.call("RevokeKey", {"key": seen[0], "reason": "rotation"})
+    active = admin.call("ListKeys", {"tenant": name})["keys"]
+    assert seen[0] not in {k["id"] for k in active}
+    every = admin.call("ListKeys", {"tenant": name, "include_revoked": True})["keys"]
+    assert len(every) == 5
+
+
+def test_list_tenants_pages_in_name_order(admin: Grpcurl) -> None:
+    base = tenant_name()
+    names = [f"{base}-{i}" for i in range(3)]
+    for n in names:
+        admin.call("CreateTenant", {"name": n})
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = admin.call("ListTenants", {"page_size": 1, "page_token": token})
+        seen.extend(t["name"] for t in page["tenants"])
+        token = page.get("nextPageToken", "")
+        if not token:
+            break
+    assert seen == sorted(seen)
+    assert [n for n in seen if n.startswith(base)] == names
+
+
+def test_update_tenant_sets_and_clears_limits(gw: Gateway, admin: Grpcurl) -> None:
+    name = tenant_name()
+    admin.call("CreateTenant", {"name": name, "limits": {"requests_per_minute": 60}})
+    updated = admin.call(
+        "UpdateTenant",
+        {
+            "tenant": name,
+            "limits": {"budget_monthly": 5000},
+            "defaults": {"default_max_tokens": 64},
+        },
+    )
+    assert updated["limits"] == {"requestsPerMinute": "60", "budgetMonthly": "5000"}
+    assert updated["defaults"]["defaultMaxTokens"] == "64"
+    # Named in the mask but not set: cleared (no limit); the other limit stays.
+    cleared = admin.call(
+        "UpdateTenant", {"tenant": name, "update_mask": "limits.requestsPerMinute,allowAll"}
+    )
+    assert cleared["limits"] == {"budgetMonthly": "5000"}
+    (row,) = gw.sql(
+        "SELECT l.requests_per_minute, l.budget_monthly, t.allow_all FROM gateway.tenants t"
+        " JOIN gateway.tenant_limits l ON l.tenant_id = t.id WHERE t.name = $1",
+        name,
+    )
+    assert (row["requests_per_minute"], row["budget_monthly"], row["allow_all"]) == (
+        None,
+        5000,
+        False,
+    )
+
+
+def test_update_key_scopes_limits_and_model_inheritance(admin: Grpcurl) -> None:
+    name = tenant_name()
+    admin.call("CreateTenant", {"name": name, "allowed_models": {"models": ["llama3.2"]}})
+    key = admin.call("CreateKey", {"tenant": name})["key"]
+    assert "allowAll" not in key and "allowedModels" not in key  # inherits
+    updated = admin.call(
+        "UpdateKey",
+        {
+            "key": key["prefix"],
+            "scopes": ["SCOPE_EMBEDDINGS"],
+            "allowed_models": {"models": ["nomic-embed-text"]},
+            "limits": {"tokens_per_minute": 1000},
+        },
+    )
+    assert updated["scopes"] == ["SCOPE_EMBEDDINGS"]
+    assert updated["allowedModels"] == {"models": ["nomic-embed-text"]}
+    assert updated["limits"] == {"tokensPerMinute": "1000"}
+    back = admin.call(
+        "UpdateKey", {"key": key["id"], "update_mask": "allowedModels,limits.tokensPerMinute"}
+    )
+    assert "allowedModels" not in back
+    assert back.get("limits", {}) == {}
+    policy = admin.call("GetEffectiveModels", {"key": key["id"]})
+    assert policy["source"] == "tenant"
+    assert policy["allowedModels"] == {"models": ["llama3.2"]}
+
+
+def test_disabled_tenant_and_expired_key_get_401(gw: Gateway, admin: Grpcurl) -> None:
+    name = tenant_name()
+    admin.call("CreateTenant", {"name": name, "allow_all": True})
+    first = admin.call("CreateKey", {"tenant": name})["fullKey"]
+    admin.call("DisableTenant", {"tenant": name, "reason": "unpaid"})
+    assert chat(gw, first).status_code == 401
+    enabled = admin.call("EnableTenant", {"tenant": name})
+    assert enabled["status"] == "TENANT_STATUS_ACTIVE"
+    second = admin.call("CreateKey", {"tenant": name})
+    third = admin.call("CreateKey", {"tenant": name})
+    expired = admin.call("ExpireKey", {"key": third["key"]["id"]})
+    assert expired["status"] == "KEY_STATUS_EXPIRED"
+    assert chat(gw, third["fullKey"]).status_code == 401
+    # The control: the same tenant's key that was left alone works.
+    assert chat(gw, second["fullKey"]).status_code == 200
+    operations = gw.sql(
+        "SELECT operation FROM gateway.admin_audit WHERE target = $1 ORDER BY id", f"tenant:{name}"
+    )
+    assert [r["operation"] for r in operations] == [
+        "CreateTenant",
+        "DisableTenant",
+        "EnableTenant",
+    ]
+    (row,) = gw.sql(
+        "SELECT details->>'expires_at' AS at FROM gateway.admin_audit"
+        " WHERE operation = 'ExpireKey' AND target = $1",
+        f"key:{third['key']['prefix']}",
+    )
+    assert row["at"]
+
+
+# -- budgets, models, backends --------------------------------------------------------------
+
+
+def test_budgets_set_and_remaining(gw: Gateway, admin: Grpcurl) -> None:
+    name = tenant_name()
+    admin.call("CreateTenant", {"name": name, "allow_all": True})
+    created = admin.call("CreateKey", {"tenant": name})
+    status = admin.call("SetBudget", {"tenant": name, "period": "PERIOD_DAILY", "tokens": 100000})
+    daily = next(p for p in status["periods"] if p["period"] == "PERIOD_DAILY")
+    assert daily["limit"] == "100000"
+    assert daily["source"] == "tenant"
+    assert daily["remaining"] == "100000"
+    assert daily["resetsAt"].endswith("T00:00:00Z")
+    total = next(p for p in status["periods"] if p["period"] == "PERIOD_TOTAL")
+    assert "limit" not in total and "resetsAt" not in total
+
+    resp = chat(gw, created["fullKey"], options={"num_predict": 6})
+    assert resp.status_code == 200
+    spent = resp.json()["prompt_eval_count"] + resp.json()["eval_count"]
+
+    def remaining() -> dict[str, Any] | None:
+        budget = admin.call("GetBudget", {"key": created["key"]["prefix"]})
+        period = next(p for p in budget["periods"] if p["period"] == "PERIOD_DAILY")
+        return period if period["remaining"] == str(100000 - spent) else None
+
+    found = poll(remaining, timeout_s=5.0, interval_s=0.2)
+    assert found is not None, admin.call("GetBudget", {"key": created["key"]["prefix"]})
+    assert found["used"] == str(spent)
+
+    own = admin.call(
+        "SetBudget", {"key": created["key"]["id"], "period": "PERIOD_DAILY", "tokens": 50}
+    )
+    daily = next(p for p in own["periods"] if p["period"] == "PERIOD_DAILY")
+    assert (daily["limit"], daily["source"]) == ("50", "key")
+    cleared = admin.call("SetBudget", {"key": created["key"]["id"], "period": "PERIOD_DAILY"})
+    daily = next(p for p in cleared["periods"] if p["period"] == "PERIOD_DAILY")
+    assert (daily["limit"], daily["source"]) == ("100000", "tenant")
+
+
+def test_models_discovered_and_effective(gw: Gateway, admin: Grpcurl) -> None:
+    listed = admin.call("ListModels", {})
+    backends = {b["backend"]: b.get("models", []) for b in listed["backends"]}
+    assert set(backends) == set(gw.stack.ollama_urls)
+    discovered = {m for models in backends.values() for m in models}
+    assert "llama3.2:latest" in discovered
+
+    name = tenant_name()
+    admin.call(
+        "CreateTenant",
+        {"name": name, "allowed_models": {"models": ["llama3.2", "not-installed:7b"]}},
+    )
+    policy = admin.call("GetEffectiveModels", {"tenant": name})
+    assert policy["models"] == ["llama3.2:latest"]
+    assert policy["source"] == "tenant"
+    everything = admin.call(
+        "UpdateTenant", {"tenant": name, "allow_all": True, "update_mask": "allowAll"}
+    )
+    assert everything["allowAll"] is True
+    policy = admin.call("GetEffectiveModels", {"tenant": name})
+    assert set(policy["models"]) == {m for m in discovered if not m.endswith("cloud")}
+
+
+def test_probe_backends_reports_version_and_models(gw: Gateway, admin: Grpcurl) -> None:
+    found = admin.call("ProbeBackends", {"timeout": "2s"})["backends"]
+    assert [b["url"] for b in found] == gw.stack.ollama_urls
+    for backend in found:
+        assert backend["reachable"] is True
+        assert backend["version"]
+        assert backend["modelCount"] >= 1
+        assert "error" not in backend
