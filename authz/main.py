@@ -52,4 +52,7 @@ async def run(cfg: Settings) -> None:
         await redis.aclose()
         await pool.close()
 
-    await grpcserver.serve_until_signalled([grpc_server], on_stop=stop)
+    from authz.admin import serve as admin  # the admin API: its own server on admin_listen
+
+    admin_server = await admin.start(cfg, pool, discovery=discovery)
+    await grpcserver.serve_until_signalled([grpc_server, admin_server], on_stop=stop)
