@@ -14,7 +14,7 @@ import asyncio
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -42,7 +42,10 @@ _TENANT_DEFAULTED = frozenset(
 TENANT_COLUMNS = ("allow_all", "allowed_models", "allow_cloud")
 KEY_COLUMNS = ("name", "scopes", "allow_all", "allowed_models", "prompt_log")
 SCOPES = ("chat", "embeddings", "models")
-KEY_CHANGED_CHANNEL = "key_changed"
+KEY_CHANGED_CHANNEL = "key_changed"  # payload: prefix; replicas drop their cached copy
+# The revocation trigger's channel. Also sent (without marking the key revoked) when a key must
+# stop working at once for another reason: its tenant was disabled, or it expired now.
+KEY_REVOKED_CHANNEL = "key_revoked"
 
 _TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}")
@@ -260,15 +263,18 @@ async def set_tenant_status(conn: Connection, tenant_id: str, status: str) -> No
         )
         if found is None:
             raise NotFound("tenant not found")
-        await _notify_tenant_keys(conn, tenant_id)
+        channel = KEY_REVOKED_CHANNEL if status == "disabled" else KEY_CHANGED_CHANNEL
+        await _notify_tenant_keys(conn, tenant_id, channel)
 
 
-async def _notify_tenant_keys(conn: Connection, tenant_id: str) -> None:
+async def _notify_tenant_keys(
+    conn: Connection, tenant_id: str, channel: str = KEY_CHANGED_CHANNEL
+) -> None:
     await conn.execute(
         "SELECT pg_notify($2, prefix) FROM gateway.api_keys"
         " WHERE tenant_id = $1 AND status = 'active'",
         tenant_id,
-        KEY_CHANGED_CHANNEL,
+        channel,
     )
 
 
@@ -419,4 +425,5 @@ async def expire_key(conn: Connection, key_id: str, at: datetime) -> None:
         )
         if prefix is None:
             raise NotFound("key not found")
-        await conn.execute("SELECT pg_notify($1, $2)", KEY_CHANGED_CHANNEL, prefix)
+        channel = KEY_REVOKED_CHANNEL if at <= datetime.now(UTC) else KEY_CHANGED_CHANNEL
+        await conn.execute("SELECT pg_notify($1, $2)", channel, prefix)
