@@ -133,7 +133,10 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     yield ep.ProcessingResponse(request_body=_body_response(new_body, fix))
                 elif kind == "response_headers":
                     if account is None:
-                        account = StreamAccount(RequestInfo.from_metadata("", metadata))
+                        # A local reply (e.g. an ext_authz denial) passing through the
+                        # encoder: no request was processed, nothing to account.
+                        yield ep.ProcessingResponse(response_headers=ep.HeadersResponse())
+                        continue
                     headers = _headers(req.response_headers.headers)
                     status = int(headers.get(":status", "0") or 0)
                     account.response_headers(status, headers.get("content-type", ""))
@@ -151,7 +154,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     yield response
                 elif kind == "response_body":
                     if account is None:
-                        account = StreamAccount(RequestInfo.from_metadata("", metadata))
+                        yield ep.ProcessingResponse(response_body=ep.BodyResponse())
+                        continue
                     body = req.response_body
                     out = account.response_chunk(body.body, body.end_of_stream)
                     response = ep.ProcessingResponse(response_body=_body_response(out))

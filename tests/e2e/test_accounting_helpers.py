@@ -1,0 +1,95 @@
+"""Shared helpers of the accounting tests (no tests here): keys with their ids, polling
+Postgres and Redis."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import redis
+
+from gateway import apikeys, budgets
+from gateway.periods import Period
+from tests.gateway_client import Gateway
+
+CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "say hello to me"}]}
+PROMPT_WORDS = 4  # the mock counts words: "say hello to me"
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant_id: str
+    key_id: str
+    key: str
+
+    @property
+    def prefix(self) -> str:
+        prefix = apikeys.parse_prefix(self.key)
+        assert prefix is not None
+        return prefix
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+def caller(gw: Gateway, tenant: dict[str, Any] | None = None, **key: Any) -> Caller:
+    tenant_id, _ = gw.tenant(**{"allow_all": True, **(tenant or {})})
+    created = gw.key(tenant_id, **key)
+    return Caller(tenant_id, created.key_id, created.full_key)
+
+
+def wait_for(
+    gw: Gateway, query: str, *args: Any, count: int = 1, timeout_s: float = 10.0
+) -> list[asyncpg.Record]:
+    """Poll ``query`` until it returns at least ``count`` rows; the rows."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = gw.sql(query, *args)
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
+
+
+def audit_rows(gw: Gateway, who: Caller, count: int = 1, timeout_s: float = 10.0) -> list[Any]:
+    return wait_for(
+        gw,
+        "SELECT * FROM gateway.audit_log WHERE key_prefix = $1 ORDER BY ts",
+        who.prefix,
+        count=count,
+        timeout_s=timeout_s,
+    )
+
+
+def ledger_rows(gw: Gateway, who: Caller, count: int = 1, timeout_s: float = 10.0) -> list[Any]:
+    return wait_for(
+        gw,
+        "SELECT * FROM gateway.budget_ledger WHERE key_id = $1::uuid ORDER BY occurred_at",
+        who.key_id,
+        count=count,
+        timeout_s=timeout_s,
+    )
+
+
+def redis_client(gw: Gateway) -> redis.Redis:
+    return redis.Redis.from_url(gw.stack.redis_url, decode_responses=True)
+
+
+def used(gw: Gateway, who: Caller, period: Period = Period.DAILY) -> int | None:
+    """The tenant's live *used* counter for ``period`` (None: not in Redis)."""
+    key = budgets.Budget(who.tenant_id, None, period, 0).used_key(datetime.now(UTC))
+    value = redis_client(gw).get(key)
+    return None if value is None else int(str(value))
+
+
+def until(check: Any, timeout_s: float = 10.0, interval_s: float = 0.05) -> Any:
+    """Poll ``check()`` until it is truthy; its last value."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval_s)
