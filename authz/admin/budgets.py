@@ -1,37 +1,29 @@
-"""Budget status for the admin API: the limit in force per period, what was used, what remains.
+"""Budget status for the admin API: the limit in force per period, what was used, what is
+reserved by requests in flight, and what remains — the numbers authz's admission enforces.
 
 Budgets count tokens in + out. A key's own budget and its tenant's budget both apply; a key
-without its own budget for a period runs under the tenant's alone. ``used`` comes from the
-ledger (``gateway.budget_ledger``, the source of truth the live counters are rebuilt from).
+without its own budget for a period runs under the tenant's alone (see
+``authz.admission.budgets_for``). ``used`` is the live Redis counter (``gateway.budgets``
+layout) when it exists, else the ledger's sum (``gateway.budget_ledger``, the source of
+truth the counters are rebuilt from); ``reserved`` sums the live reservations.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from datetime import datetime
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from authz.admin.records import KeyRecord, TenantRecord
 from authz.provisioning import Connection
 from gateway import periods
+from gateway.budgets import Budget
 from gateway.periods import Period
 
 PERIODS = (Period.DAILY, Period.MONTHLY, Period.TOTAL)
-
-
-@dataclass(frozen=True, slots=True)
-class PeriodStatus:
-    period: Period
-    limit: int | None
-    source: str  # "key", "tenant" or "" (no budget)
-    used: int
-    remaining: int | None
-    resets_at: datetime | None
-
-
-def column(period: Period) -> str:
-    return f"budget_{period.value}"
-
-
 _USED_SQL = {
     "tenant_id": "SELECT COALESCE(sum(tokens_in + tokens_out), 0)::bigint"
     " FROM gateway.budget_ledger WHERE tenant_id = $1::uuid AND occurred_at >= $2",
@@ -40,51 +32,86 @@ _USED_SQL = {
 }
 
 
-async def _used(conn: Connection, column: str, target_id: str, since: datetime) -> int:
-    return int(await conn.fetchval(_USED_SQL[column], target_id, since))
+@dataclass(frozen=True, slots=True)
+class PeriodStatus:
+    period: Period
+    limit: int | None
+    source: str  # "key", "tenant" or "" (no budget)
+    used: int
+    reserved: int
+    remaining: int | None
+    resets_at: datetime | None
 
 
-async def tenant_status(
-    conn: Connection, tenant: TenantRecord, now: datetime
-) -> list[PeriodStatus]:
+def column(period: Period) -> str:
+    return f"budget_{period.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """Where the numbers come from: Postgres always, Redis when available."""
+
+    conn: Connection
+    redis: aioredis.Redis | None
+    now: datetime
+
+    async def usage(self, budget: Budget) -> tuple[int, int]:
+        """(used, reserved) for one budget's current period."""
+        since = periods.start(budget.period, self.now)
+        if budget.key_id is None:
+            ledger = await self.conn.fetchval(_USED_SQL["tenant_id"], budget.tenant_id, since)
+        else:
+            ledger = await self.conn.fetchval(_USED_SQL["key_id"], budget.key_id, since)
+        if self.redis is None:
+            return int(ledger), 0
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.get(budget.used_key(self.now))
+                pipe.zrangebyscore(budget.reserved_key(self.now), time.time(), "+inf")
+                live, members = await pipe.execute()
+        except (RedisError, OSError, TimeoutError):
+            return int(ledger), 0  # a report, not a decision: the ledger will do
+        reserved = sum(int(str(m).rsplit("|", 1)[-1] or 0) for m in members)
+        return (int(live) if live is not None else int(ledger)), reserved
+
+
+def _status(
+    period: Period, limit: int | None, source: str, used: int, reserved: int, now: datetime
+) -> PeriodStatus:
+    return PeriodStatus(
+        period=period,
+        limit=limit,
+        source=source if limit is not None else "",
+        used=used,
+        reserved=reserved,
+        remaining=None if limit is None else max(0, limit - used - reserved),
+        resets_at=periods.reset_at(period, now),
+    )
+
+
+async def tenant_status(counters: Counters, tenant: TenantRecord) -> list[PeriodStatus]:
     result: list[PeriodStatus] = []
     for period in PERIODS:
         limit = tenant.limits[column(period)]
-        used = await _used(conn, "tenant_id", tenant.id, periods.start(period, now))
-        result.append(
-            PeriodStatus(
-                period=period,
-                limit=limit,
-                source="tenant" if limit is not None else "",
-                used=used,
-                remaining=None if limit is None else max(0, limit - used),
-                resets_at=periods.reset_at(period, now),
-            )
-        )
+        used, reserved = await counters.usage(Budget(tenant.id, None, period, limit or 0))
+        result.append(_status(period, limit, "tenant", used, reserved, counters.now))
     return result
 
 
 async def key_status(
-    conn: Connection, key: KeyRecord, tenant: TenantRecord, now: datetime
+    counters: Counters, key: KeyRecord, tenant: TenantRecord
 ) -> list[PeriodStatus]:
     result: list[PeriodStatus] = []
-    for period, tenant_part in zip(PERIODS, await tenant_status(conn, tenant, now), strict=True):
+    shared = await tenant_status(counters, tenant)
+    for period, tenant_part in zip(PERIODS, shared, strict=True):
         own = key.limits[column(period)]
         if own is None:
             result.append(tenant_part)
             continue
-        used = await _used(conn, "key_id", key.id, periods.start(period, now))
-        remaining = max(0, own - used)
-        if tenant_part.remaining is not None:
-            remaining = min(remaining, tenant_part.remaining)
-        result.append(
-            PeriodStatus(
-                period=period,
-                limit=own,
-                source="key",
-                used=used,
-                remaining=remaining,
-                resets_at=periods.reset_at(period, now),
-            )
-        )
+        used, reserved = await counters.usage(Budget(tenant.id, key.id, period, own))
+        status = _status(period, own, "key", used, reserved, counters.now)
+        if tenant_part.remaining is not None and status.remaining is not None:
+            remaining = min(status.remaining, tenant_part.remaining)
+            status = replace(status, remaining=remaining)
+        result.append(status)
     return result

@@ -7,6 +7,7 @@ import ipaddress
 
 import asyncpg
 import grpc
+import redis.asyncio as aioredis
 
 from authz.admin.auth import TokenCheck
 from authz.admin.models import ModelSource
@@ -33,6 +34,7 @@ async def start(
     pool: asyncpg.Pool,
     *,
     discovery: ModelSource | None = None,
+    redis: aioredis.Redis | None = None,
 ) -> grpc.aio.Server:
     tokens = TokenCheck(cfg.admin_token)
     if not tokens.enabled:
@@ -40,7 +42,7 @@ async def start(
     if not _loopback(cfg.admin_listen):
         _log.warning("admin_not_loopback", listen=cfg.admin_listen)
     hasher = apikeys.hasher(cfg.argon2_time_cost, cfg.argon2_memory_kib)
-    admin = Admin(pool, hasher, list(cfg.ollama_urls), discovery=discovery)
+    admin = Admin(pool, hasher, list(cfg.ollama_urls), discovery=discovery, redis=redis)
     server = await grpcserver.start(cfg.admin_listen, [register(admin, tokens)], [SERVICE_NAME])
     _log.info("admin_serving", listen=cfg.admin_listen)
     return server

@@ -239,6 +239,7 @@ def _period_pb(status: budgets.PeriodStatus) -> pb.PeriodBudget:
         period=_PERIOD_VALUES[status.period],
         source=status.source,
         used=status.used,
+        reserved=status.reserved,
         resets_at=_ts(status.resets_at),
     )
     if status.limit is not None:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import redis.asyncio as aioredis
 from argon2 import PasswordHasher
 
 from accounting import usage
@@ -52,6 +53,7 @@ class Admin:
     hasher: PasswordHasher
     backend_urls: Sequence[str]
     discovery: models.ModelSource | None = None
+    redis: aioredis.Redis | None = None  # live budget counters (authz's); None: the ledger
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
     # -- tenants ------------------------------------------------------------------------
@@ -224,12 +226,12 @@ class Admin:
         return await self.get_budget(target)
 
     async def get_budget(self, target: Target) -> BudgetView:
-        now = self.now()
         async with self.pool.acquire() as conn:
             key, tenant = await self._resolve(conn, target)
+            counters = budgets.Counters(conn, self.redis, self.now())
             if key is None:
-                return BudgetView(tenant, None, await budgets.tenant_status(conn, tenant, now))
-            return BudgetView(tenant, key, await budgets.key_status(conn, key, tenant, now))
+                return BudgetView(tenant, None, await budgets.tenant_status(counters, tenant))
+            return BudgetView(tenant, key, await budgets.key_status(counters, key, tenant))
 
     # -- models, usage, backends --------------------------------------------------------
 

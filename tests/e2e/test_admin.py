@@ -484,6 +484,21 @@ def test_budgets_set_and_remaining(gw: Gateway, admin: Grpcurl) -> None:
     found = poll(remaining, timeout_s=5.0, interval_s=0.2)
     assert found is not None, admin.call("GetBudget", {"key": created["key"]["prefix"]})
     assert found["used"] == str(spent)
+    assert "reserved" not in found  # nothing in flight: 0, omitted like grpcurl does
+
+    # A request in flight holds a reservation that GetBudget shows (live Redis counters).
+    body = {**CHAT, "options": {"num_predict": 8, "mock_frame_delay_ms": 150}}
+    headers = {"Authorization": f"Bearer {created['fullKey']}"}
+    with httpx.stream("POST", f"{gw.url}/api/chat", json=body, headers=headers) as resp:
+        assert resp.status_code == 200
+        lines = resp.iter_lines()
+        next(lines)  # the first frame: the request is admitted and streaming
+        in_flight = admin.call("GetBudget", {"tenant": name})
+        daily = next(p for p in in_flight["periods"] if p["period"] == "PERIOD_DAILY")
+        assert int(daily.get("reserved", 0)) > 0, daily
+        assert int(daily["remaining"]) == 100000 - spent - int(daily["reserved"])
+        for _ in lines:
+            pass
 
     own = admin.call(
         "SetBudget", {"key": created["key"]["id"], "period": "PERIOD_DAILY", "tokens": 50}
