@@ -42,6 +42,7 @@ class Batcher(Generic[T]):
         batch_max: int,
         interval_s: float,
         ready: Callable[[T], bool] | None = None,
+        eager: bool = False,
     ) -> None:
         self.table = table
         self._write = write
@@ -50,6 +51,9 @@ class Batcher(Generic[T]):
         self._batch_max = batch_max
         self._interval = interval_s
         self._ready = ready
+        # eager: write as soon as a row arrives (group commit: rows that arrive while a write
+        # is in flight form the next batch); otherwise every interval or when a batch is full.
+        self._eager = eager
         self._rows: deque[T] = deque()
         self._wake = asyncio.Event()
         self.healthy = True  # the last write attempt succeeded
@@ -68,7 +72,7 @@ class Batcher(Generic[T]):
             return False
         self._rows.append(row)
         BUFFERED.labels(self.table).set(len(self._rows))
-        if len(self._rows) >= self._batch_max:
+        if self._eager or len(self._rows) >= self._batch_max:
             self._wake.set()
         return True
 
@@ -102,18 +106,25 @@ class Batcher(Generic[T]):
         return len(batch)
 
     async def run(self) -> None:
-        """Write batches forever: every ``interval_s``, at once when a batch is full."""
+        """Write batches forever: every ``interval_s`` (at once when a batch is full, or when
+        a row arrives if eager); after a failure, retry with a capped backoff."""
         backoff = self._interval
+        failing = False
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+            if failing:
+                await asyncio.sleep(backoff)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
             self._wake.clear()
             try:
-                while await self.flush_once() >= self._batch_max:
+                while self._rows and await self.flush_once() > 0:
                     pass
+                failing = False
                 backoff = self._interval
             except Exception:
-                backoff = min(max(backoff * 2, self._interval), 2.0)
+                backoff = min(backoff * 2, 2.0) if failing else self._interval
+                failing = True
 
     async def drain(self, timeout_s: float) -> bool:
         """Write everything that is buffered (at shutdown); True when nothing is left."""

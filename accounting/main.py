@@ -40,7 +40,7 @@ async def run(cfg: Settings) -> None:
         if settler is not None:
             settler.ledger_written(batch)
 
-    def batcher(table: str, write: Any, ready: Any = None) -> Any:
+    def batcher(table: str, write: Any, ready: Any = None, eager: bool = False) -> Any:
         return Batcher(
             table,
             write,
@@ -49,9 +49,12 @@ async def run(cfg: Settings) -> None:
             batch_max=cfg.audit_batch_rows,
             interval_s=cfg.audit_flush_interval_s,
             ready=ready,
+            eager=eager,
         )
 
-    ledger_rows: Batcher[LedgerRow] = batcher("budget_ledger", write_ledger)
+    # The ledger is written eagerly: a budget settles only once its row is in Postgres, and
+    # until then the request's (larger) reservation still counts.
+    ledger_rows: Batcher[LedgerRow] = batcher("budget_ledger", write_ledger, eager=True)
     audit_rows: Batcher[AuditRow] = batcher("audit_log", partial(audit.write, pool), rows.ready)
     prompt_rows: Batcher[PromptRow] = batcher("prompt_log", partial(promptlog.write, pool))
     settler = Settler(

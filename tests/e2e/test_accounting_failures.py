@@ -1,0 +1,131 @@
+"""Accounting when parts fail: Postgres down (rows buffered, then written), a full buffer
+(deny mode), accounting down (fail closed), accounting restarted (nothing lost or doubled)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+
+from accounting.denymode import DENY_MODE_KEY
+from devstack.processes import Proc
+from tests.e2e.test_accounting_helpers import (
+    CHAT,
+    Caller,
+    audit_rows,
+    caller,
+    ledger_rows,
+    redis_client,
+    until,
+)
+from tests.gateway_client import Gateway
+
+SMALL = {**CHAT, "stream": False, "options": {"num_predict": 2}}
+
+
+def chat(gw: Gateway, who: Caller) -> httpx.Response:
+    return httpx.post(f"{gw.url}/api/chat", json=SMALL, headers=who.headers, timeout=10)
+
+
+@contextmanager
+def stopped(proc: Proc) -> Iterator[None]:
+    proc.stop()
+    try:
+        yield
+    finally:
+        if not proc.running:
+            proc.start(60)
+
+
+@contextmanager
+def accounting_env(gw: Gateway, **env: str) -> Iterator[None]:
+    """Restart accounting with extra settings; restore the original process afterwards."""
+    proc = gw.stack.procs["accounting"]
+    assert proc.env is not None
+    original = dict(proc.env)
+    proc.stop()
+    proc.env.update(env)
+    proc.start()
+    try:
+        yield
+    finally:
+        proc.stop()
+        proc.env = original
+        proc.start()
+
+
+def test_postgres_down_rows_are_buffered_and_written_when_it_returns(gw: Gateway) -> None:
+    who = caller(gw)
+    assert chat(gw, who).status_code == 200  # the key is now cached by authz
+    audit_rows(gw, who)
+    with stopped(gw.stack.procs["postgres"]):
+        statuses = [chat(gw, who).status_code for _ in range(10)]
+        assert statuses == [200] * 10
+        time.sleep(0.5)  # the writers are failing and retrying now
+    rows = audit_rows(gw, who, count=11, timeout_s=20)
+    assert len(rows) == 11
+    assert len({r["request_id"] for r in rows}) == 11
+    assert all((r["tokens_in"], r["tokens_out"]) == (4, 2) for r in rows)
+    assert len(ledger_rows(gw, who, count=11, timeout_s=20)) == 11
+
+
+def test_full_buffer_switches_to_deny_mode_until_drained(gw: Gateway) -> None:
+    redis = redis_client(gw)
+    with accounting_env(gw, NZ_AUDIT_BUFFER_ROWS="4", NZ_AUDIT_OVERFLOW_ROWS="200"):
+        who = caller(gw)
+        assert chat(gw, who).status_code == 200
+        audit_rows(gw, who)
+        allowed = 1
+        with stopped(gw.stack.procs["postgres"]):
+            deadline = time.monotonic() + 15
+            status = 200
+            while status == 200 and time.monotonic() < deadline:
+                status = chat(gw, who).status_code
+                allowed += status == 200
+                time.sleep(0.05)
+            assert status == 503, "a full audit buffer must stop traffic"
+            assert redis.exists(DENY_MODE_KEY)
+            assert allowed >= 4  # not before the buffer was full
+        # Postgres is back: the buffer drains, deny mode ends, traffic flows again.
+        assert until(lambda: not redis.exists(DENY_MODE_KEY), timeout_s=20)
+        assert until(lambda: chat(gw, who).status_code == 200, timeout_s=10)
+        rows = audit_rows(gw, who, count=allowed + 2, timeout_s=20)
+        statuses = [r["status"] for r in rows]
+        assert statuses.count(200) >= allowed + 1  # every allowed request was audited
+        assert 503 in statuses  # and so were the refusals
+    assert not redis.exists(DENY_MODE_KEY)
+
+
+def test_accounting_down_fails_closed(gw: Gateway) -> None:
+    who = caller(gw)
+    body = {**CHAT, "options": {"num_predict": 3}}
+    with stopped(gw.stack.procs["accounting"]):
+        resp = httpx.post(f"{gw.url}/api/chat", json=body, headers=who.headers)
+        assert resp.status_code == 503
+        assert b"token0" not in resp.content  # no stream delivered unaccounted
+        oa = httpx.post(
+            f"{gw.url}/v1/chat/completions", json={**body, "stream": True}, headers=who.headers
+        )
+        assert oa.status_code == 503
+        assert b"token0" not in oa.content
+        # Routes without anything to account do not depend on accounting.
+        version = httpx.get(f"{gw.url}/api/version", headers=who.headers)
+        assert version.status_code == 200
+    assert until(lambda: chat(gw, who).status_code == 200, timeout_s=10)
+
+
+def test_accounting_restart_loses_and_doubles_nothing(gw: Gateway) -> None:
+    who = caller(gw)
+    for _ in range(20):
+        assert chat(gw, who).status_code == 200
+    time.sleep(0.3)  # Envoy's access-log buffer flushes every 100 ms
+    proc = gw.stack.procs["accounting"]
+    proc.stop()  # SIGTERM: accounting writes what it holds before it exits
+    proc.start()
+    for _ in range(5):
+        assert chat(gw, who).status_code == 200
+    rows = audit_rows(gw, who, count=25, timeout_s=15)
+    assert len(rows) == 25 and len({r["request_id"] for r in rows}) == 25
+    assert len(ledger_rows(gw, who, count=25, timeout_s=15)) == 25
