@@ -72,7 +72,7 @@ _UNAVAILABLE = (
     TimeoutError,
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
+    asyncpg.OperatorInterventionError,  # shutting down, starting up, statement timeout
     asyncpg.TooManyConnectionsError,
 )
 

@@ -4,6 +4,8 @@ generated stubs here), the effects through Envoy's listener, rows in Postgres.""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -541,3 +543,36 @@ def test_probe_backends_reports_version_and_models(gw: Gateway, admin: Grpcurl) 
         assert backend["version"]
         assert backend["modelCount"] >= 1
         assert "error" not in backend
+
+
+def test_database_down_is_unavailable_and_changes_nothing(gw: Gateway, admin: Grpcurl) -> None:
+    name = tenant_name()
+    postgres = gw.stack.procs["postgres"]
+    assert postgres.popen is not None
+    # A fast shutdown (SIGINT): SIGTERM would wait for every client to disconnect first.
+    os.killpg(postgres.popen.pid, signal.SIGINT)
+    postgres.popen.wait(10)
+    postgres.stop()
+    try:
+        for method, body in [
+            ("CreateTenant", {"name": name}),
+            ("ListKeys", {}),
+            ("GetUsage", {}),
+        ]:
+            with pytest.raises(grpc.RpcError) as excinfo:
+                admin.call(method, body)
+            code, message = rpc_error(excinfo)
+            assert code == grpc.StatusCode.UNAVAILABLE, (method, code, message)
+            assert message == "the database is unavailable"
+    finally:
+        postgres.start(60)
+    recovered = poll(lambda: _tenant_missing(admin, name), timeout_s=10.0, interval_s=0.2)
+    assert recovered, "the admin API did not recover after Postgres came back"
+
+
+def _tenant_missing(admin: Grpcurl, name: str) -> bool:
+    try:
+        admin.call("GetTenant", {"tenant": name})
+    except grpc.RpcError as exc:
+        return bool(exc.code() == grpc.StatusCode.NOT_FOUND)
+    return False
