@@ -363,7 +363,14 @@ def test_rls_stopped_fails_closed(gw: Gateway) -> None:
     proc = gw.stack.procs["ratelimit"]
     proc.stop()
     try:
-        assert chat(gw, key).status_code == 503
+        native = chat(gw, key)
+        assert native.status_code == 503
+        assert native.json() == {"error": "service unavailable"}
+        openai_shape = httpx.post(
+            f"{gw.url}/v1/chat/completions", json=OPENAI_CHAT, headers=bearer(key), timeout=10
+        )
+        assert openai_shape.status_code == 503
+        assert openai_shape.json()["error"]["code"] == "service_unavailable"
     finally:
         proc.start()
     deadline = time.monotonic() + 10

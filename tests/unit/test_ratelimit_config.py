@@ -120,3 +120,16 @@ def test_a_bad_file_is_refused_with_a_reason(text: str, reason: str) -> None:
 def test_a_missing_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError, match="cannot read"):
         config.load(tmp_path / "absent.yaml")
+
+
+def test_every_yaml_example_in_the_docs_loads() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "RATE_LIMITS.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in doc.split("```yaml\n")[1:]]
+    assert blocks
+    for block in blocks:
+        static = config.parse(block, "RATE_LIMITS.md")
+        assert static.match("gateway", (("model", "llama3.1:70b"),)).limit == Limit(
+            120, Unit.MINUTE
+        )
+        assert static.match("gateway", (("model", "deepseek-r1:8b"),)).shadow_mode
+        assert static.match("gateway", (("model", "tiny:latest"),)).unlimited
