@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from authz.provisioning import KEY_LIMIT_COLUMNS, TENANT_LIMIT_COLUMNS, Connection, NotFound
+from gateway import apikeys
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,21 +126,26 @@ async def tenant(conn: Connection, ref: str) -> TenantRecord:
     else:
         row = await conn.fetchrow(_TENANT_SQL + " WHERE t.name = $1", ref)
     if row is None:
-        raise NotFound(f"tenant {ref!r} not found")
+        # Echo names only: what was given might be a whole key pasted into the wrong field.
+        shown = f" {ref!r}" if apikeys.parse_prefix(ref) is None and len(ref) <= 63 else ""
+        raise NotFound(f"tenant{shown} not found")
     return _tenant(row)
 
 
 async def key(conn: Connection, ref: str) -> KeyRecord:
-    """The key with this id or public prefix (``abc…``, ``nz_abc…``); NotFound otherwise."""
+    """The key with this id, public prefix (``abc…``, ``nz_abc…``) or whole key; NotFound
+    otherwise."""
     ref = ref.strip()
     if not ref:
         raise NotFound("no key given")
     key_id = _as_uuid(ref)
-    prefix = _PREFIX.fullmatch(ref)
+    short = _PREFIX.fullmatch(ref)
+    # A whole key (found in a log, say) names its key too: revoking it needs no lookup first.
+    prefix = apikeys.parse_prefix(ref) or (short.group(1) if short else None)
     if key_id is not None:
         row = await conn.fetchrow(_KEY_SQL + " WHERE k.id = $1::uuid", key_id)
     elif prefix is not None:
-        row = await conn.fetchrow(_KEY_SQL + " WHERE k.prefix = $1", prefix.group(1))
+        row = await conn.fetchrow(_KEY_SQL + " WHERE k.prefix = $1", prefix)
     else:
         row = None
     if row is None:

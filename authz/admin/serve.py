@@ -39,6 +39,8 @@ async def start(
     tokens = TokenCheck(cfg.admin_token)
     if not tokens.enabled:
         _log.warning("admin_disabled", reason="no admin token configured; every call is denied")
+    elif len(cfg.admin_token) < 24:
+        _log.warning("admin_token_short", hint="use at least 24 random characters")
     if not _loopback(cfg.admin_listen):
         _log.warning("admin_not_loopback", listen=cfg.admin_listen)
     hasher = apikeys.hasher(cfg.argon2_time_cost, cfg.argon2_memory_kib)

@@ -315,13 +315,23 @@ def test_not_found_and_already_exists(admin: Grpcurl) -> None:
         assert "not found" in message
 
 
-def test_a_pasted_full_key_is_not_echoed_in_errors(gw: Gateway, admin: Grpcurl) -> None:
+def test_a_leaked_full_key_can_be_revoked_as_it_is_and_is_never_echoed(
+    gw: Gateway, admin: Grpcurl
+) -> None:
     full_key = gw.new_key()
+    secret = full_key.rsplit("_", 1)[1]
+    assert chat(gw, full_key).status_code == 200
     with pytest.raises(grpc.RpcError) as excinfo:
-        admin.call("GetKey", {"key": full_key})
+        admin.call("GetTenant", {"tenant": full_key})
     code, message = rpc_error(excinfo)
     assert code == grpc.StatusCode.NOT_FOUND
-    assert full_key.rsplit("_", 1)[1] not in message
+    assert secret not in message
+    forged = full_key[: -len(secret)] + "A" * len(secret)
+    assert admin.call("GetKey", {"key": forged})["prefix"] == full_key.split("_")[1]
+    revoked = admin.raw("RevokeKey", {"key": full_key, "reason": "found on a pastebin"})
+    assert secret not in revoked
+    assert json.loads(revoked)["status"] == "KEY_STATUS_REVOKED"
+    assert poll(lambda: chat(gw, full_key).status_code == 401, timeout_s=1.0)
 
 
 # -- tenants, keys, pagination --------------------------------------------------------------
