@@ -48,6 +48,7 @@ neuronetz-gateway is up.
 
   listener     {url}
   demo key     {key}
+  admin API    127.0.0.1:{stack.ports["admin"]}
   admin token  {stack.admin_token}
   postgres     {stack.database_url}
   redis        {stack.redis_url}
@@ -61,6 +62,10 @@ Try it:
   curl -i {url}/api/tags
   # model management is not served: 403
   curl -i {url}/api/pull -H 'Authorization: Bearer {key}' -d '{{"model": "{model}"}}'
+  # the admin API (docs/OPERATIONS.md): the CLI, or grpcurl with the same token
+  export NZ_ADMIN_ADDR=127.0.0.1:{stack.ports["admin"]} NZ_ADMIN_TOKEN={stack.admin_token}
+  neuronetz-gateway list-keys --tenant demo
+  neuronetz-gateway show-usage --tenant demo --period daily --by model
 
 Ctrl-C stops everything this command started.
 """
