@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 
@@ -43,6 +44,9 @@ def ok(gw: Gateway, *args: str) -> Any:
 
 @pytest.fixture(scope="module")
 def tenant(gw: Gateway) -> str:
+    # The admin API starts just after authz's Check server: wait until it listens.
+    with grpc.insecure_channel(f"127.0.0.1:{gw.stack.ports['admin']}") as channel:
+        grpc.channel_ready_future(channel).result(timeout=10)
     name = f"cli-{time.monotonic_ns() % 10**9}"
     created = ok(gw, "create-tenant", name, "--model", "llama3.2", "--rpm", "100")
     assert created["name"] == name
