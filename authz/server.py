@@ -39,7 +39,9 @@ def to_request(check: Any) -> AuthzRequest:
         path=path,
         headers=headers,
         body=body,
-        request_id=http.id or headers.get("x-request-id", [""])[0],
+        # Envoy's x-request-id (generated at the edge) names the request everywhere; the
+        # CheckRequest's own ``id`` is Envoy's internal stream id and is not used.
+        request_id=headers.get("x-request-id", [""])[0],
         client_ip=peer,
     )
 

@@ -1,0 +1,82 @@
+"""Shared helpers of the authz tests (no tests here): callers with their ids, polling, the
+authz metrics, direct Redis access."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import redis
+
+from gateway import apikeys
+from tests.gateway_client import Gateway
+
+T = TypeVar("T")
+CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "say hello to me"}]}
+FORBIDDEN = {"error": "forbidden"}
+FORBIDDEN_OPENAI = {
+    "error": {"message": "forbidden", "type": "permission_denied", "code": "forbidden"}
+}
+UNAUTHORIZED = {"error": "invalid or missing API key"}
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant_id: str
+    tenant: str
+    key_id: str
+    key: str
+
+    @property
+    def prefix(self) -> str:
+        prefix = apikeys.parse_prefix(self.key)
+        assert prefix is not None
+        return prefix
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+def caller(gw: Gateway, tenant: dict[str, Any] | None = None, **key: Any) -> Caller:
+    """A fresh tenant (allow_all unless told otherwise) with one key."""
+    tenant_id, name = gw.tenant(**{"allow_all": True, **(tenant or {})})
+    created = gw.key(tenant_id, **key)
+    return Caller(tenant_id, name, created.key_id, created.full_key)
+
+
+def chat(gw: Gateway, who: Caller | str, **body: Any) -> httpx.Response:
+    headers = who.headers if isinstance(who, Caller) else {"Authorization": f"Bearer {who}"}
+    payload = {**CHAT, "stream": False, "options": {"num_predict": 2}, **body}
+    return httpx.post(f"{gw.url}/api/chat", json=payload, headers=headers, timeout=10)
+
+
+def poll(check: Callable[[], T | None], timeout_s: float, interval_s: float = 0.02) -> T:
+    """``check()`` until it returns something truthy; fails after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s")
+        time.sleep(interval_s)
+
+
+def metric(gw: Gateway, name: str, service: str = "authz") -> float:
+    """The sum of a Prometheus counter's samples (all labels) on a service's endpoint."""
+    text = httpx.get(gw.stack.metrics_url(service), timeout=5).text
+    pattern = re.compile(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.e+-]+)$", re.MULTILINE)
+    return sum(float(v) for v in pattern.findall(text))
+
+
+def argon2_verifies(gw: Gateway) -> float:
+    return metric(gw, "authz_argon2_verifications_total")
+
+
+def rds(gw: Gateway) -> redis.Redis:
+    return redis.Redis.from_url(gw.stack.redis_url, decode_responses=True, socket_timeout=2)

@@ -1,0 +1,208 @@
+"""The policy rules in plain Python: names, effective sets, inheritance, bodies, the config."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from authz import models, payload
+from authz.admission import budgets_for, slots_for
+from authz.check import rate_overrides
+from authz.endpoints import lookup
+from authz.principal import Limits, Principal
+from authz.request import AuthzRequest
+from gateway.periods import Period
+from gateway.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+NO_LIMITS = Limits(None, None, None, None, None, None)
+
+
+def principal(**changes: Any) -> Principal:
+    base = Principal(
+        key_id="k1",
+        prefix="abcdefghijkl",
+        key_hash="$argon2id$x",
+        active=True,
+        expires_at=None,
+        scopes=frozenset({"chat", "embeddings", "models"}),
+        tenant_id="t1",
+        tenant="acme",
+        allow_all=False,
+        allowed_models=frozenset(),
+        allow_cloud=False,
+        prompt_log=False,
+        key_limits=NO_LIMITS,
+        tenant_limits=NO_LIMITS,
+        default_max_tokens=1024,
+        keep_alive_min_s=60,
+        keep_alive_max_s=1800,
+    )
+    return replace(base, **changes)
+
+
+@pytest.mark.parametrize(
+    ("name", "canonical"),
+    [
+        ("llama3", "llama3:latest"),
+        ("llama3:latest", "llama3:latest"),
+        ("LLaMA3:Latest", "llama3:latest"),
+        ("registry.ollama.ai/library/llama3", "llama3:latest"),
+        ("library/llama3:8b", "llama3:8b"),
+        ("user/model", "user/model:latest"),
+        ("registry.ollama.ai/user/model:q4", "user/model:q4"),
+        ("myhost:5000/team/model", "myhost:5000/team/model:latest"),
+        ("  qwen2.5:0.5b ", "qwen2.5:0.5b"),
+        ("", ""),
+    ],
+)
+def test_canonical_names_follow_ollama(name: str, canonical: str) -> None:
+    assert models.canonical(name) == canonical
+
+
+@pytest.mark.parametrize(
+    ("name", "cloud"),
+    [
+        ("gpt-oss:120b-cloud", True),
+        ("kimi-k2:cloud", True),
+        ("deepseek-v3.1:671b-cloud", True),
+        ("llama3", False),
+        ("cloudy:latest", False),
+        ("cloud", False),
+    ],
+)
+def test_cloud_tags(name: str, cloud: bool) -> None:
+    assert models.is_cloud(name) is cloud
+
+
+def test_effective_set_and_permits_agree() -> None:
+    discovered = frozenset({"llama3:latest", "qwen:0.5b", "big:cloud"})
+    listed = principal(allowed_models=frozenset({"llama3", "big:cloud", "ghost"}))
+    assert models.effective(listed, discovered) == {"llama3:latest"}
+    assert models.permits(listed, discovered, "LLAMA3") == "llama3:latest"
+    assert models.permits(listed, discovered, "ghost") is None
+    assert models.permits(listed, discovered, "big:cloud") is None
+    everything = principal(allow_all=True, allow_cloud=True)
+    assert models.effective(everything, discovered) == discovered
+    assert models.permits(everything, frozenset(), "llama3") is None  # nothing discovered
+
+
+def test_limits_inherit_from_the_tenant_when_the_key_leaves_them_null() -> None:
+    who = principal(
+        key_limits=replace(NO_LIMITS, requests_per_minute=5, budget_daily=100),
+        tenant_limits=replace(
+            NO_LIMITS, requests_per_minute=50, tokens_per_minute=1000, budget_daily=500
+        ),
+    )
+    assert who.limit("requests_per_minute") == 5
+    assert who.limit("tokens_per_minute") == 1000
+    assert who.limit("max_concurrent") is None
+    assert rate_overrides(who) == {
+        "key_rpm": {"requests_per_unit": 5, "unit": "MINUTE"},
+        "tenant_rpm": {"requests_per_unit": 50, "unit": "MINUTE"},
+        "key_tpm": {"requests_per_unit": 1000, "unit": "MINUTE"},
+        "tenant_tpm": {"requests_per_unit": 1000, "unit": "MINUTE"},
+    }
+    budgets = budgets_for(who)
+    assert [(b.key_id, b.period, b.limit) for b in budgets] == [
+        ("k1", Period.DAILY, 100),
+        (None, Period.DAILY, 500),
+    ]
+    assert slots_for(who) == []
+    assert slots_for(principal(tenant_limits=replace(NO_LIMITS, max_concurrent=3))) == [
+        ("nz:{t1}:cs:t", 3)
+    ]
+
+
+def test_principal_survives_the_shared_cache() -> None:
+    who = principal(
+        expires_at=datetime(2030, 1, 2, tzinfo=UTC),
+        allowed_models=frozenset({"a", "b"}),
+        key_limits=replace(NO_LIMITS, budget_total=7),
+    )
+    back = Principal.from_json(who.to_json())
+    assert back == replace(who, key_hash="")
+    assert "argon2" not in who.to_json()
+
+
+def _req(body: bytes, path: str = "/api/chat", ctype: str = "application/json") -> AuthzRequest:
+    return AuthzRequest("POST", path, {"content-type": [ctype]}, body)
+
+
+def test_payload_reads_model_stream_and_caps() -> None:
+    native = payload.parse(
+        _req(json.dumps({"model": "m", "messages": [{"content": "x" * 30}]}).encode()),
+        embeddings=False,
+    )
+    assert (native.model, native.stream, native.output_cap) == ("m", True, None)
+    assert native.prompt_estimate >= 10
+    capped = payload.parse(
+        _req(b'{"model": "m", "options": {"num_predict": 7}, "stream": false}'), embeddings=False
+    )
+    assert (capped.stream, capped.output_cap) == (False, 7)
+    oai = payload.parse(
+        _req(b'{"model": "m", "max_completion_tokens": 9}', "/v1/chat/completions"),
+        embeddings=False,
+    )
+    assert (oai.stream, oai.output_cap) == (False, 9)
+    endless = payload.parse(
+        _req(b'{"model": "m", "options": {"num_predict": -1}}'), embeddings=False
+    )
+    assert endless.output_cap is None
+    embed = payload.parse(_req(b'{"model": "m", "input": "x"}', "/api/embed"), embeddings=True)
+    assert (embed.stream, embed.output_cap) == (False, 0)
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "status"),
+    [
+        (b"nope", "application/json", 400),
+        (b"[]", "application/json", 400),
+        (b'{"model": null}', "application/json", 400),
+        (b'{"model": "m", "stream": 1}', "application/json", 400),
+        (b'{"model": "m"}', "text/plain", 415),
+        (b'{"model": "m"}', "application/vnd.api+json", None),
+        (b'{"model": "m"}', "application/x-www-form-urlencoded", None),
+    ],
+)
+def test_payload_refusals(body: bytes, ctype: str, status: int | None) -> None:
+    if status is None:
+        assert payload.parse(_req(body, ctype=ctype), embeddings=False).model == "m"
+        return
+    with pytest.raises(payload.BadRequest) as raised:
+        payload.parse(_req(body, ctype=ctype), embeddings=False)
+    assert raised.value.status == status
+
+
+def test_endpoint_allowlist() -> None:
+    assert lookup("POST", "/api/chat") is not None
+    assert lookup("GET", "/v1/models/user/model:tag") is not None
+    for method, path in [
+        ("POST", "/api/pull"),
+        ("GET", "/api/chat"),
+        ("HEAD", "/api/blobs/sha256:x"),
+        ("GET", "/v1/models/"),
+        ("GET", "/api/experimental/x"),
+    ]:
+        assert lookup(method, path) is None
+
+
+def test_envoy_and_authz_agree_on_the_maximum_body() -> None:
+    config = yaml.safe_load((ROOT / "envoy" / "envoy.yaml").read_text())
+    found = []
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for flt in chain["filters"]:
+                for http in flt["typed_config"].get("http_filters", []):
+                    if http["name"] == "envoy.filters.http.ext_authz":
+                        found.append(http["typed_config"]["with_request_body"])
+    assert found
+    for body in found:
+        assert body["max_request_bytes"] == Settings().max_request_bytes
+        assert body["allow_partial_message"] is False
