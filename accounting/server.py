@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
@@ -59,6 +60,18 @@ _FLAG_CODES = {
 
 
 # -- ext_proc --------------------------------------------------------------------------
+
+# What Envoy sends for a request accounting has seen: the buffered request body (rewriting),
+# the response headers and every response body chunk as it streams. Envoy's own config sends
+# only request headers, so local replies of earlier filters never reach accounting.
+_ACCOUNTED = processing_mode_pb2.ProcessingMode(
+    request_header_mode=processing_mode_pb2.ProcessingMode.SEND,
+    request_body_mode=processing_mode_pb2.ProcessingMode.BUFFERED,
+    request_trailer_mode=processing_mode_pb2.ProcessingMode.SKIP,
+    response_header_mode=processing_mode_pb2.ProcessingMode.SEND,
+    response_body_mode=processing_mode_pb2.ProcessingMode.STREAMED,
+    response_trailer_mode=processing_mode_pb2.ProcessingMode.SKIP,
+)
 
 
 def _headers(header_map: Any) -> dict[str, str]:
@@ -124,7 +137,9 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                         headers.get("x-request-id", ""), {"endpoint": path, **metadata}
                     )
                     account = StreamAccount(info)
-                    yield ep.ProcessingResponse(request_headers=ep.HeadersResponse())
+                    yield ep.ProcessingResponse(
+                        request_headers=ep.HeadersResponse(), mode_override=_ACCOUNTED
+                    )
                 elif kind == "request_body":
                     if account is None:
                         account = StreamAccount(RequestInfo.from_metadata("", metadata))

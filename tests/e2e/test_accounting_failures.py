@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +33,10 @@ def chat(gw: Gateway, who: Caller) -> httpx.Response:
 
 @contextmanager
 def stopped(proc: Proc) -> Iterator[None]:
+    if proc.name == "postgres" and proc.popen is not None:
+        # SIGINT is Postgres' fast shutdown (SIGTERM waits for every client to leave).
+        os.killpg(proc.popen.pid, signal.SIGINT)
+        proc.popen.wait(10)
     proc.stop()
     try:
         yield

@@ -48,7 +48,12 @@ def wait_for(
     """Poll ``query`` until it returns at least ``count`` rows; the rows."""
     deadline = time.monotonic() + timeout_s
     while True:
-        rows = gw.sql(query, *args)
+        try:
+            rows = gw.sql(query, *args)
+        except (OSError, asyncpg.PostgresError):  # Postgres still starting after a restart
+            if time.monotonic() > deadline:
+                raise
+            rows = []
         if len(rows) >= count or time.monotonic() > deadline:
             return rows
         time.sleep(0.1)
