@@ -261,3 +261,20 @@ async def test_redis_down_fails_closed(redis_proc: Proc, decider: Decider) -> No
             await decider.decide(req(rpm("down", 10)))
     finally:
         redis_proc.start()
+
+
+async def test_redis_slower_than_the_deadline_fails_closed(
+    redis_proc: Proc, redis: aioredis.Redis, clock: Clock
+) -> None:
+    fast = Decider(STATIC, Windows(redis, deadline_s=0.2, clock=clock))
+    assert not (await fast.decide(req(rpm("slow", 10)))).over
+    other = redis_client(f"redis://127.0.0.1:{redis_proc.port}/0", 0.5)
+    try:
+        await other.client_pause(1500, all=False)  # writes (and scripts) wait; UNPAUSE works
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(WindowsUnavailable):
+            await fast.decide(req(rpm("slow", 10)))
+        assert asyncio.get_running_loop().time() - started < 1.0
+    finally:
+        await other.client_unpause()
+        await other.aclose()
