@@ -1,8 +1,11 @@
 """Sliding windows in Redis: one Lua round trip per decision (see ``window.lua``).
 
-A decision's windows are grouped by their Redis Cluster hash tag and each group is decided by
-one atomic script call. The gateway's own descriptors all carry the tenant id, so a request's
-key and tenant windows share one slot and one round trip.
+On one Redis server a decision is one atomic script call, whatever its windows. On a Redis
+Cluster a script may only touch keys of one hash slot, so the windows are grouped by hash tag
+and each group is one atomic call; the gateway's own descriptors all carry the tenant id, so a
+request's key and tenant windows still share one slot and one call. (A decision that also
+touches a window of another slot — a static global limit — is then atomic per slot only: a
+request refused in one slot may have been counted in another.)
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 _SCRIPT = (Path(__file__).resolve().parent / "window.lua").read_text(encoding="utf-8")
@@ -57,9 +61,12 @@ def hash_tag(key: str) -> str:
 
 
 class Windows:
-    def __init__(self, redis: aioredis.Redis, deadline_s: float, clock: Clock = None) -> None:
+    def __init__(
+        self, redis: aioredis.Redis | RedisCluster, deadline_s: float, clock: Clock = None
+    ) -> None:
         self._redis = redis
         self._script = redis.register_script(_SCRIPT)
+        self._per_slot = isinstance(redis, RedisCluster)
         self._deadline = deadline_s
         self._clock = clock
 
@@ -69,7 +76,7 @@ class Windows:
             return False, []
         groups: dict[str, list[int]] = {}
         for index, hit in enumerate(hits):
-            groups.setdefault(hash_tag(hit.key), []).append(index)
+            groups.setdefault(hash_tag(hit.key) if self._per_slot else "", []).append(index)
         try:
             async with asyncio.timeout(self._deadline):
                 answers = await asyncio.gather(

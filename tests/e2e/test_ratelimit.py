@@ -297,9 +297,9 @@ def test_static_yaml_limits_a_descriptor_authz_sends_no_limit_for(
     with ratelimit_restarted(gw, NZ_RATELIMIT_CONFIG=str(config)):
         statuses = [chat(gw, key, model="qwen2.5:0.5b").status_code for _ in range(3)]
         assert statuses == [200, 200, 429]
-        # Another model, and another tenant's requests for it, share nothing with it...
+        # Another model is not limited by it...
         assert chat(gw, key).status_code == 200
-        # ...but the model's limit is global: another tenant is limited too.
+        # ...and the model's limit is global: another tenant is limited too.
         assert chat(gw, gw.new_key(), model="qwen2.5:0.5b").status_code == 429
     assert chat(gw, key, model="qwen2.5:0.5b").status_code == 200  # shipped config: no limit
 

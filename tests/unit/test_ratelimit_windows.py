@@ -278,3 +278,17 @@ async def test_redis_slower_than_the_deadline_fails_closed(
     finally:
         await other.client_unpause()
         await other.aclose()
+
+
+async def test_a_request_refused_by_a_global_static_limit_consumes_no_tenant_window(
+    decider: Decider, redis: aioredis.Redis
+) -> None:
+    model = Descriptor((("model", "static-model"),))  # 2/min, hash tag {gateway}
+    for _ in range(2):
+        assert not (await decider.decide(req(model, rpm("g", 10)))).over
+    refused = await decider.decide(req(model, rpm("g", 10)))
+    assert refused.over
+    assert [s.over for s in refused.statuses] == [True, False]
+    level = await redis.hget(window_key("gateway", rpm("g", 10)), "l")
+    assert level is not None
+    assert float(level) == pytest.approx(2.0, abs=0.01)
