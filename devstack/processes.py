@@ -42,8 +42,10 @@ class Proc:
         env: Mapping[str, str] | None = None,
         user: str | None = None,
         ready: Callable[[], bool] | None = None,
+        stop_signal: signal.Signals = signal.SIGTERM,
     ) -> None:
         self.name = name
+        self.stop_signal = stop_signal
         self.argv = list(argv)
         self.port = port
         self.env = dict(env) if env is not None else None
@@ -81,7 +83,7 @@ class Proc:
         if self.popen is None or self.popen.poll() is not None:
             return
         try:
-            os.killpg(self.popen.pid, signal.SIGTERM)
+            os.killpg(self.popen.pid, self.stop_signal)
         except ProcessLookupError:
             return
         try:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import secrets
 import shutil
+import signal
 import tempfile
 import urllib.request
 from dataclasses import dataclass, field
@@ -140,6 +141,8 @@ class Stack:
             ],
             port,
             user=user,
+            # SIGINT is PostgreSQL's fast shutdown; SIGTERM would wait for every client.
+            stop_signal=signal.SIGINT,
         ).start(60)
         url = f"postgresql://postgres@127.0.0.1:{port}/gateway"
         asyncio.run(_create_database(f"postgresql://postgres@127.0.0.1:{port}/postgres"))
