@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import httpx
 import httpx2
+import ollama
 import openai
 import pytest
 import redis
@@ -168,6 +169,17 @@ def test_official_openai_client_raises_rate_limit_error(gw: Gateway) -> None:
     assert err.value.code == "rate_limit_exceeded"
 
 
+def test_official_ollama_client_sees_the_429_and_its_message(gw: Gateway) -> None:
+    key, _, _ = limited_key(gw, requests_per_minute=1)
+    client = ollama.Client(host=gw.url, headers=bearer(key))
+    messages = [{"role": "user", "content": "say hello to me"}]
+    client.chat(model="llama3.2", messages=messages, options={"num_predict": 1})
+    with pytest.raises(ollama.ResponseError) as err:
+        client.chat(model="llama3.2", messages=messages, options={"num_predict": 1})
+    assert err.value.status_code == 429
+    assert err.value.error == "too many requests"
+
+
 def test_openai_client_backs_off_as_retry_after_ms_says_and_succeeds(gw: Gateway) -> None:
     # 30/min: one request drains every 2 s. Right after a request fills the window, the
     # client's first attempt is refused with retry-after-ms well above its own default back-off
@@ -242,6 +254,28 @@ def test_tokens_per_minute_debited_after_the_stream_then_429(gw: Gateway) -> Non
     # Truthful: (spent + 1 - 20) tokens must drain at 20 per 60 s.
     expected = (spent + 1 - 20) * 3
     assert expected - 3 <= int(over.headers["retry-after"]) <= expected
+
+
+def test_openai_stream_tokens_exhaust_tokens_per_minute(gw: Gateway) -> None:
+    key, key_id, tenant_id = limited_key(gw, tokens_per_minute=20)
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key, max_retries=0)
+    stream = client.chat.completions.create(  # type: ignore[call-overload]
+        **{**OPENAI_CHAT, "max_tokens": 30}, stream=True
+    )
+    chunks = list(stream)
+    assert chunks
+    level = _wait_for_level(redis_client(gw), _tpm_window(key_id, tenant_id))
+    assert level > 20  # debited from the usage accounting asked for, after the stream
+    over = httpx.post(
+        f"{gw.url}/v1/chat/completions", json=OPENAI_CHAT, headers=bearer(key), timeout=10
+    )
+    assert over.status_code == 429
+    assert over.headers["x-ratelimit-limit-tokens"] == "20"
+    assert over.headers["x-ratelimit-remaining-tokens"] == "0"
+    expected_ms = (level + 1 - 20) * 3000
+    assert expected_ms - 3000 <= int(over.headers["retry-after-ms"]) <= expected_ms
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(**OPENAI_CHAT)  # type: ignore[call-overload]
 
 
 def test_a_checked_request_under_the_tokens_limit_is_not_charged_at_request_time(
