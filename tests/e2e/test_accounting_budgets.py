@@ -3,11 +3,14 @@ and settles to the real count, the ledger rebuilds what Redis lost."""
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 
+from authz import payload
+from authz.request import AuthzRequest
 from gateway.periods import Period
 from tests.e2e.test_accounting_helpers import CHAT, Caller, caller, redis_client, until, used
 from tests.gateway_client import Gateway
@@ -29,6 +32,17 @@ def settled(gw: Gateway, who: Caller) -> int:
         debited(gw, who),
     )
     return debited(gw, who)
+
+
+def smallest_reservation(body: dict[str, Any]) -> int:
+    """What authz must reserve at least for ``body``: its prompt estimate and one token."""
+    request = AuthzRequest(
+        method="POST",
+        path="/api/chat",
+        headers={"content-type": ["application/json"]},
+        body=json.dumps(body).encode(),
+    )
+    return payload.parse(request, embeddings=False).prompt_estimate + 1
 
 
 def exhaust(gw: Gateway, who: Caller, body: dict[str, Any]) -> int:
@@ -62,7 +76,8 @@ def test_64_concurrent_streams_never_overshoot_a_small_budget(gw: Gateway) -> No
     # requests are admitted until the budget is spent, and only then refused.
     final = exhaust(gw, who, body)
     assert final <= budget
-    assert budget - final < 4 + 1  # less than the smallest request (prompt + a token) left
+    # Refused only when not even the prompt and one token fit any more.
+    assert budget - final < smallest_reservation(body)
 
 
 def test_redis_losing_its_counters_does_not_reset_the_budget(gw: Gateway) -> None:
