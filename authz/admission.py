@@ -51,12 +51,15 @@ local mini = 0
 for i = 1, nb do
   local used = tonumber(redis.call('GET', KEYS[2 * i - 1])) or 0
   local res = KEYS[2 * i]
-  redis.call('ZREMRANGEBYSCORE', res, '-inf', now)
-  local sum = 0
-  for _, m in ipairs(redis.call('ZRANGE', res, 0, -1)) do
-    sum = sum + (tonumber(string.match(m, '|(%d+)$')) or 0)
+  local total = res .. ':sum'
+  local expired = redis.call('ZRANGEBYSCORE', res, '-inf', now)
+  if #expired > 0 then
+    local gone = 0
+    for _, m in ipairs(expired) do gone = gone + (tonumber(string.match(m, '|(%d+)$')) or 0) end
+    redis.call('ZREMRANGEBYSCORE', res, '-inf', now)
+    redis.call('DECRBY', total, gone)
   end
-  local rem = tonumber(ARGV[8 + i]) - used - sum
+  local rem = tonumber(ARGV[8 + i]) - used - (tonumber(redis.call('GET', total)) or 0)
   if mini == 0 or rem < minrem then
     minrem = rem
     mini = i
@@ -81,6 +84,8 @@ local counters = {}
 for i = 1, nb do
   redis.call('ZADD', KEYS[2 * i], now + ttl, member)
   redis.call('EXPIRE', KEYS[2 * i], ttl)
+  redis.call('INCRBY', KEYS[2 * i] .. ':sum', amount)
+  redis.call('EXPIRE', KEYS[2 * i] .. ':sum', ttl)
   counters[i] = {KEYS[2 * i - 1], KEYS[2 * i]}
 end
 redis.call('SET', KEYS[#KEYS], cjson.encode({m = member, p = counters}), 'EX', ttl)

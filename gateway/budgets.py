@@ -6,8 +6,10 @@ touch them all on a Redis Cluster):
 * ``nz:{T}:bu:<scope>:<period>:<bucket>`` — string, tokens *used* in the period (the ledger's
   sum; rebuilt from ``gateway.budget_ledger`` when missing);
 * ``nz:{T}:br:<scope>:<period>:<bucket>`` — sorted set of live *reservations*, member
-  ``<request_id>|<tokens>``, score = the reservation's expiry (epoch seconds); expired
-  members are dropped before summing, so a lost settlement heals itself;
+  ``<request_id>|<tokens>``, score = the reservation's expiry (epoch seconds), and beside it
+  ``…:sum``, the total of its members' tokens (kept in step by the scripts, so a check costs
+  O(1), not O(reservations)); expired members are dropped (and subtracted) before every
+  check, so a lost settlement heals itself;
 * ``nz:{T}:rsv:<request_id>`` — JSON record of one request's reservation (which counters it
   reserved on, under which member), read by :func:`settle`.
 
@@ -86,8 +88,9 @@ if not rec then return 0 end
 redis.call('DEL', KEYS[1])
 local r = cjson.decode(rec)
 local actual = tonumber(ARGV[1])
+local amount = tonumber(string.match(r.m, '|(%d+)$')) or 0
 for _, pair in ipairs(r.p) do
-  redis.call('ZREM', pair[2], r.m)
+  if redis.call('ZREM', pair[2], r.m) == 1 then redis.call('DECRBY', pair[2] .. ':sum', amount) end
   if actual > 0 and redis.call('EXISTS', pair[1]) == 1 then
     redis.call('INCRBY', pair[1], actual)
   end

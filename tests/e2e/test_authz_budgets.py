@@ -193,6 +193,7 @@ def test_settle_is_idempotent_and_a_missing_reservation_is_a_no_op(gw: Gateway) 
     )
     client.set(used_key, 100)
     client.zadd(reserved_key, {f"{request_id}|50": time.time() + 60})
+    client.set(reserved_key + ":sum", 50)
     client.set(
         budgets.reservation_key(who.tenant_id, request_id),
         json.dumps({"m": f"{request_id}|50", "p": [[used_key, reserved_key]]}),
@@ -212,6 +213,7 @@ def test_settle_is_idempotent_and_a_missing_reservation_is_a_no_op(gw: Gateway) 
 
     asyncio.run(settle_twice())
     assert client.zcard(reserved_key) == 0
+    assert int(client.get(reserved_key + ":sum") or 0) == 0
     assert int(client.get(used_key) or 0) >= 107  # (+ the settled probe above, if already)
     assert int(client.get(used_key) or 0) < 107 + 50
 
@@ -304,3 +306,17 @@ def test_rate_limit_overrides_reach_the_rls(gw: Gateway) -> None:
     own = caller(gw, requests_per_minute=2)  # the key's own 2/min, tenant unlimited
     for who in (inherited, own):
         assert [chat(gw, who).status_code for _ in range(3)] == [200, 200, 429]
+
+
+def test_a_reservation_never_settled_stops_counting_when_it_expires(gw: Gateway) -> None:
+    who = caller(gw, {"budget_daily": 1_000})
+    client = rds(gw)
+    reserved_key = budgets.Budget(who.tenant_id, None, Period.DAILY, 1_000).reserved_key(
+        datetime.now(UTC)
+    )
+    client.zadd(reserved_key, {"lost-request|300": time.time() + 0.5})
+    client.set(reserved_key + ":sum", 300)
+    assert remaining(chat(gw, who)) == 700
+    time.sleep(0.6)  # the lease of the lost reservation runs out
+    # Only the probes' own use (settled, or still reserved) counts now, not the lost 300.
+    assert remaining(chat(gw, who)) > 1_000 - 100

@@ -3,6 +3,8 @@ Postgres — through Envoy's listener."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import time
 from datetime import UTC, datetime, timedelta
@@ -236,6 +238,9 @@ def test_postgres_down_cached_keys_work_unknown_keys_get_503(gw: Gateway) -> Non
     assert chat(gw, cached).status_code == 200
     unknown = caller(gw)  # valid, but never seen by authz
     postgres = gw.stack.procs["postgres"]
+    assert postgres.popen is not None
+    # Fast shutdown (SIGINT): the SIGTERM of stop() alone waits for every client to leave.
+    os.kill(postgres.popen.pid, signal.SIGINT)
     postgres.stop()
     try:
         for _ in range(3):
