@@ -191,9 +191,10 @@ class KeyStore:
         self._cache.clear()
         self._by_prefix.clear()
 
-    async def evict(self, prefix: str) -> None:
-        """Forget a key everywhere (revocation): this process at once, then the shared cache
-        (retried for a cache lifetime if Redis is unreachable)."""
+    async def evict(self, prefix: str, *, revoked: bool = True) -> None:
+        """Forget a key everywhere: this process at once, then the shared cache (retried for a
+        cache lifetime if Redis is unreachable). A revocation leaves the tombstone; a mere
+        change (``revoked=False``) just drops the cached copies."""
         self._epoch += 1
         for ident in self._by_prefix.pop(prefix, set()):
             self._cache.pop(ident, None)
@@ -201,7 +202,12 @@ class KeyStore:
         deadline = time.monotonic() + max(self._ttl, 1.0)
         while True:
             try:
-                await self._revoke(keys=[cache_key(prefix)], args=[max(60, 2 * self._redis_ttl)])
+                if revoked:
+                    await self._revoke(
+                        keys=[cache_key(prefix)], args=[max(60, 2 * self._redis_ttl)]
+                    )
+                else:
+                    await self._redis.delete(cache_key(prefix))
                 return
             except _STORE_ERRORS as exc:
                 if time.monotonic() > deadline:

@@ -1,7 +1,10 @@
 """Revocation within a second: LISTEN on ``key_revoked`` and evict the key from both caches.
 
 The ``gateway.revocations`` trigger (migrations/0001) marks the key revoked and NOTIFYs with
-the key's prefix. A dedicated connection listens; when it drops (Postgres restarted, network)
+the key's prefix; the admin API NOTIFYs ``key_changed`` (same payload) when a key's or its
+tenant's settings change, and the cached copies are dropped so the next Check reads them.
+
+A dedicated connection listens; when it drops (Postgres restarted, network)
 the listener reconnects and then flushes both caches, because a revocation sent during the
 gap was never heard. Liveness is checked with a cheap query every ``PING_S``.
 """
@@ -17,6 +20,7 @@ from authz.keys import KeyStore
 from gateway import logs
 
 CHANNEL = "key_revoked"
+CHANGED_CHANNEL = "key_changed"
 PING_S = 1.0
 RETRY_S = 0.25
 _log = logs.get("authz.revocations")
@@ -29,11 +33,11 @@ class RevocationListener:
         self._tasks: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()
 
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+    def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: object) -> None:
         prefix = str(payload).strip()
         if not prefix:
             return
-        task = asyncio.ensure_future(self._keys.evict(prefix))
+        task = asyncio.ensure_future(self._keys.evict(prefix, revoked=channel == CHANNEL))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -45,6 +49,7 @@ class RevocationListener:
             try:
                 conn = await asyncpg.connect(self._url, timeout=2)
                 await conn.add_listener(CHANNEL, self._on_notify)
+                await conn.add_listener(CHANGED_CHANNEL, self._on_notify)
                 if not first:
                     await self._keys.flush()
                     _log.info("revocation listener reconnected; key caches flushed")

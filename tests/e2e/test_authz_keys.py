@@ -252,3 +252,17 @@ def test_postgres_down_cached_keys_work_unknown_keys_get_503(gw: Gateway) -> Non
         postgres.start(60)
     # Back to normal: the unknown key works once Postgres is back.
     poll(lambda: chat(gw, unknown).status_code == 200, timeout_s=15.0, interval_s=0.2)
+
+
+def test_a_changed_key_is_reread_at_once_after_key_changed(gw: Gateway) -> None:
+    who = caller(gw)
+    assert chat(gw, who).status_code == 200  # cached with allow_all
+    gw.sql(
+        "UPDATE gateway.api_keys SET allow_all = false, allowed_models = '{}' WHERE id = $1::uuid",
+        who.key_id,
+    )
+    gw.sql("SELECT pg_notify('key_changed', $1)", who.prefix)
+    poll(lambda: chat(gw, who).status_code == 403, timeout_s=1.0, interval_s=0.01)
+    # A change is not a revocation: no tombstone, the key itself still works.
+    assert "revoked" not in rds(gw).hkeys(f"nz:key:{{{who.prefix}}}")
+    assert httpx.get(f"{gw.url}/api/tags", headers=who.headers).json() == {"models": []}
