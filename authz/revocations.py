@@ -21,6 +21,7 @@ from gateway import logs
 
 CHANNEL = "key_revoked"
 CHANGED_CHANNEL = "key_changed"
+APPLICATION_NAME = "nz-authz-revocations"  # how operators (and tests) spot the connection
 PING_S = 1.0
 RETRY_S = 0.25
 _log = logs.get("authz.revocations")
@@ -47,7 +48,9 @@ class RevocationListener:
         while True:
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(self._url, timeout=2)
+                conn = await asyncpg.connect(
+                    self._url, timeout=2, server_settings={"application_name": APPLICATION_NAME}
+                )
                 await conn.add_listener(CHANNEL, self._on_notify)
                 await conn.add_listener(CHANGED_CHANNEL, self._on_notify)
                 if not first:

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from authz.keys import FAILURE_LIMIT
+from authz.revocations import APPLICATION_NAME
 from gateway import apikeys
 from tests.e2e.test_authz_support import (
     CHAT,
@@ -266,3 +267,17 @@ def test_a_changed_key_is_reread_at_once_after_key_changed(gw: Gateway) -> None:
     # A change is not a revocation: no tombstone, the key itself still works.
     assert "revoked" not in rds(gw).hkeys(f"nz:key:{{{who.prefix}}}")
     assert httpx.get(f"{gw.url}/api/tags", headers=who.headers).json() == {"models": []}
+
+
+def test_a_dropped_listen_connection_reconnects_and_flushes_the_caches(gw: Gateway) -> None:
+    who = caller(gw)
+    assert chat(gw, who).status_code == 200  # cached in process and in Redis
+    killed = gw.sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        APPLICATION_NAME,
+    )
+    assert killed
+    # A change nobody announced (as if its NOTIFY fell into the gap): only a flush reveals it.
+    gw.sql("UPDATE gateway.api_keys SET status = 'revoked' WHERE id = $1::uuid", who.key_id)
+    poll(lambda: chat(gw, who).status_code == 401, timeout_s=4.0, interval_s=0.05)
+    assert gw.sql("SELECT 1 FROM pg_stat_activity WHERE application_name = $1", APPLICATION_NAME)
