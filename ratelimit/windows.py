@@ -18,6 +18,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 _SCRIPT = (Path(__file__).resolve().parent / "window.lua").read_text(encoding="utf-8")
@@ -96,7 +97,13 @@ class Windows:
         args: list[str | int] = ["" if self._clock is None else str(self._clock())]
         for hit in hits:
             args += [hit.limit, hit.period_ms, hit.hits, hit.mode.value, 1 if hit.enforce else 0]
-        reply = await self._script(keys=[h.key for h in hits], args=args)
+        keys = [h.key for h in hits]
+        try:
+            reply = await self._script(keys=keys, args=args)
+        except RedisConnectionError:
+            # A pooled connection that went stale (Redis restarted): once more on a fresh one,
+            # still within the deadline. Redis down for real fails again, and closed.
+            reply = await self._script(keys=keys, args=args)
         now_ms = int(float(reply[1]))
         outcomes = [
             Outcome(

@@ -292,3 +292,14 @@ async def test_a_request_refused_by_a_global_static_limit_consumes_no_tenant_win
     level = await redis.hget(window_key("gateway", rpm("g", 10)), "l")
     assert level is not None
     assert float(level) == pytest.approx(2.0, abs=0.01)
+
+
+async def test_a_redis_restart_costs_no_spurious_error(redis_proc: Proc, decider: Decider) -> None:
+    for _ in range(3):  # connections in the pool
+        assert not (await decider.decide(req(rpm("restart", 10)))).over
+    redis_proc.stop()
+    redis_proc.start()
+    # The pooled connection is stale now; the decision still succeeds on a fresh one.
+    result = await decider.decide(req(rpm("restart", 10)))
+    assert not result.over
+    assert result.statuses[0].remaining == 9  # Redis lost the window with the restart
