@@ -135,10 +135,15 @@ class Decider:
         return Decision(
             over=rejected,
             statuses=statuses,
-            tenant=_entry(request, TENANT_ENTRY) or "",
+            tenant=tenant_of(request),
             response_headers=headers,
             body=replies.body(surface) if rejected else b"",
         )
+
+
+def tenant_of(request: RateLimitRequest) -> str:
+    """The tenant label of the request's metrics ("" when no descriptor names one)."""
+    return _entry(request, TENANT_ENTRY) or ""
 
 
 def _entry(request: RateLimitRequest, key: str) -> str | None:

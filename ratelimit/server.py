@@ -13,7 +13,7 @@ from google.protobuf import duration_pb2
 
 from gateway import logs
 from ratelimit import metrics
-from ratelimit.decide import Decider, Decision
+from ratelimit.decide import Decider, Decision, tenant_of
 from ratelimit.descriptors import Descriptor, Limit, RateLimitRequest, Unit
 from ratelimit.windows import WindowsUnavailable
 
@@ -72,6 +72,8 @@ def to_response(decision: Decision) -> Any:
 class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
     def __init__(self, decider: Decider) -> None:
         self._decider = decider
+        self._failures = 0  # since the last warning; one warning per second at most
+        self._warned_at = float("-inf")
 
     async def ShouldRateLimit(
         self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -81,8 +83,16 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         try:
             decision = await self._decider.decide(typed)
         except WindowsUnavailable as exc:
-            metrics.DECISIONS.labels(typed.domain, "error", "").inc()
-            _log.warning("redis unavailable, failing closed", domain=typed.domain, error=str(exc))
+            metrics.DECISIONS.labels(typed.domain, "error", tenant_of(typed)).inc()
+            self._failures += 1
+            if started - self._warned_at >= 1.0:
+                _log.warning(
+                    "redis unavailable, failing closed",
+                    domain=typed.domain,
+                    error=str(exc),
+                    failures=self._failures,
+                )
+                self._failures, self._warned_at = 0, started
             await context.abort(grpc.StatusCode.UNAVAILABLE, "rate limit store unavailable")
             raise  # unreachable: abort raises
         metrics.DECISIONS.labels(typed.domain, decision.outcome, decision.tenant).inc()
