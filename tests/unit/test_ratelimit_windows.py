@@ -303,3 +303,19 @@ async def test_a_redis_restart_costs_no_spurious_error(redis_proc: Proc, decider
     result = await decider.decide(req(rpm("restart", 10)))
     assert not result.over
     assert result.statuses[0].remaining == 9  # Redis lost the window with the restart
+
+
+async def test_a_limit_of_zero_refuses_everything_and_says_wait_a_full_window(
+    decider: Decider,
+) -> None:
+    result = await decider.decide(req(rpm("zero", 0)))
+    assert result.over
+    assert result.statuses[0].retry_ms == 60_000
+    assert result.statuses[0].remaining == 0
+    assert result.response_headers["retry-after"] == "60"
+
+
+async def test_a_hit_larger_than_the_limit_never_fits(decider: Decider) -> None:
+    result = await decider.decide(req(rpm("big", 10), hits=11))
+    assert result.over
+    assert result.statuses[0].retry_ms == 60_000  # the longest honest answer: a full window
