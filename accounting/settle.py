@@ -11,6 +11,7 @@ budget: a budget is never overshot while settlement waits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 import redis.asyncio as aioredis
@@ -119,11 +120,12 @@ class Settler:
             await self._retry(
                 lambda: slots.release(self._redis, info.tenant_id, info.key_id, info.request_id)
             )
-        if written is not None:
-            try:
+        if written is not None and self._ledger.healthy:
+            # (While Postgres is down, waiting would only hold reservations longer.)
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(written.wait(), timeout=self._ledger_wait)
-            except TimeoutError:
-                self._written.pop(info.request_id, None)
+        if written is not None:
+            self._written.pop(info.request_id, None)
         await self._retry(
             lambda: budgets.settle(self._redis, info.tenant_id, info.request_id, counts.total)
         )
