@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
+from accounting import pgwrite
 from accounting.outcomes import RecentOutcomes
 from accounting.stream import METADATA_NAMESPACE
 
@@ -158,26 +160,29 @@ ON CONFLICT (request_id) DO NOTHING
 """
 
 
+def _columns(batch: Sequence[Any]) -> list[list[Any]]:
+    return [
+        [r.request_id for r in batch],
+        [r.ts for r in batch],
+        [r.tenant_id for r in batch],
+        [r.key_prefix for r in batch],
+        [r.method for r in batch],
+        [r.endpoint for r in batch],
+        [r.model for r in batch],
+        [r.status for r in batch],
+        [r.tokens_in for r in batch],
+        [r.tokens_out for r in batch],
+        [r.tokens_estimated for r in batch],
+        [r.latency_ms for r in batch],
+        [r.bytes_in for r in batch],
+        [r.bytes_out for r in batch],
+        [r.client_ip for r in batch],
+        [r.response_flags for r in batch],
+        [r.error for r in batch],
+    ]
+
+
 async def write(pool: asyncpg.Pool, rows: list[AuditRow]) -> None:
     """One multi-row INSERT; a request id already present is skipped (idempotent)."""
     unique = list({r.request_id: r for r in rows}.values())
-    await pool.execute(
-        _INSERT,
-        [r.request_id for r in unique],
-        [r.ts for r in unique],
-        [r.tenant_id for r in unique],
-        [r.key_prefix for r in unique],
-        [r.method for r in unique],
-        [r.endpoint for r in unique],
-        [r.model for r in unique],
-        [r.status for r in unique],
-        [r.tokens_in for r in unique],
-        [r.tokens_out for r in unique],
-        [r.tokens_estimated for r in unique],
-        [r.latency_ms for r in unique],
-        [r.bytes_in for r in unique],
-        [r.bytes_out for r in unique],
-        [r.client_ip for r in unique],
-        [r.response_flags for r in unique],
-        [r.error for r in unique],
-    )
+    await pgwrite.insert(pool, "audit_log", _INSERT, unique, _columns)

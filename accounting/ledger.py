@@ -6,11 +6,14 @@ a request is never debited twice in Postgres, whatever is retried or restarted.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 
+from accounting import pgwrite
 from accounting.audit import uuid_or_none
 from accounting.stream import Outcome
 
@@ -54,16 +57,19 @@ ON CONFLICT (request_id) DO NOTHING
 """
 
 
+def _columns(batch: Sequence[Any]) -> list[list[Any]]:
+    return [
+        [r.request_id for r in batch],
+        [r.occurred_at for r in batch],
+        [r.tenant_id for r in batch],
+        [r.key_id for r in batch],
+        [r.model for r in batch],
+        [r.tokens_in for r in batch],
+        [r.tokens_out for r in batch],
+        [r.estimated for r in batch],
+    ]
+
+
 async def write(pool: asyncpg.Pool, rows: list[LedgerRow]) -> None:
     unique = list({r.request_id: r for r in rows}.values())
-    await pool.execute(
-        _INSERT,
-        [r.request_id for r in unique],
-        [r.occurred_at for r in unique],
-        [r.tenant_id for r in unique],
-        [r.key_id for r in unique],
-        [r.model for r in unique],
-        [r.tokens_in for r in unique],
-        [r.tokens_out for r in unique],
-        [r.estimated for r in unique],
-    )
+    await pgwrite.insert(pool, "budget_ledger", _INSERT, unique, _columns)

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 from prometheus_client import Counter
 
+from accounting import pgwrite
 from accounting.audit import uuid_or_none
 from accounting.stream import Outcome
 from gateway import logs
@@ -63,18 +66,21 @@ DELETE FROM gateway.prompt_log WHERE request_id IN (
 """
 
 
+def _columns(batch: Sequence[Any]) -> list[list[Any]]:
+    return [
+        [r.request_id for r in batch],
+        [r.expires_at for r in batch],
+        [r.tenant_id for r in batch],
+        [r.key_id for r in batch],
+        [r.model for r in batch],
+        [r.prompt for r in batch],
+        [r.completion.replace("\x00", "") for r in batch],
+    ]
+
+
 async def write(pool: asyncpg.Pool, rows: list[PromptRow]) -> None:
     unique = list({r.request_id: r for r in rows}.values())
-    await pool.execute(
-        _INSERT,
-        [r.request_id for r in unique],
-        [r.expires_at for r in unique],
-        [r.tenant_id for r in unique],
-        [r.key_id for r in unique],
-        [r.model for r in unique],
-        [r.prompt for r in unique],
-        [r.completion.replace("\x00", "") for r in unique],
-    )
+    await pgwrite.insert(pool, "prompt_log", _INSERT, unique, _columns)
 
 
 async def sweep_once(pool: asyncpg.Pool, batch: int = 5000) -> int:

@@ -3,15 +3,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
+import asyncpg
 import httpx
 
+from accounting import ledger
 from accounting.denymode import DENY_MODE_KEY
+from accounting.ledger import LedgerRow
 from devstack.processes import Proc
 from tests.e2e.test_accounting_helpers import (
     CHAT,
@@ -135,3 +141,29 @@ def test_accounting_restart_loses_and_doubles_nothing(gw: Gateway) -> None:
     rows = audit_rows(gw, who, count=25, timeout_s=15)
     assert len(rows) == 25 and len({r["request_id"] for r in rows}) == 25
     assert len(ledger_rows(gw, who, count=25, timeout_s=15)) == 25
+
+
+def test_a_row_postgres_refuses_does_not_block_its_batch(gw: Gateway) -> None:
+    who = caller(gw)
+    now = datetime.now(UTC)
+
+    def row(request_id: str, tenant_id: str) -> LedgerRow:
+        return LedgerRow(request_id, now, tenant_id, None, "m", 1, 2, False)
+
+    good = f"good-{who.key_id}"
+    batch = [row(good, who.tenant_id), row(f"bad-{who.key_id}", str(uuid.uuid4()))]
+
+    async def write() -> None:
+        pool = await asyncpg.create_pool(gw.stack.database_url, min_size=1, max_size=1)
+        assert pool is not None
+        try:
+            await ledger.write(pool, batch)  # the second row's tenant does not exist
+            await ledger.write(pool, batch)  # written twice: still one row
+        finally:
+            await pool.close()
+
+    asyncio.run(write())
+    rows = gw.sql(
+        "SELECT request_id FROM gateway.budget_ledger WHERE tenant_id = $1::uuid", who.tenant_id
+    )
+    assert [r["request_id"] for r in rows] == [good]
