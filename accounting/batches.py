@@ -126,13 +126,24 @@ class Batcher(Generic[T]):
                 backoff = min(backoff * 2, 2.0) if failing else self._interval
                 failing = True
 
-    async def drain(self, timeout_s: float) -> bool:
-        """Write everything that is buffered (at shutdown); True when nothing is left."""
+    async def drain(self, timeout_s: float, attempts: int = 3) -> bool:
+        """Write everything that is buffered (at shutdown); True when nothing is left. Gives
+        up after ``attempts`` failed writes in a row (Postgres is down: spool instead)."""
         deadline = time.monotonic() + timeout_s
-        while self._rows and time.monotonic() < deadline:
+        failures = 0
+        while self._rows and time.monotonic() < deadline and failures < attempts:
             try:
                 if await self.flush_once(force=True) == 0:
                     await asyncio.sleep(0.05)
+                failures = 0
             except Exception:
+                failures += 1
                 await asyncio.sleep(0.2)
         return not self._rows
+
+    def take_all(self) -> list[T]:
+        """Every buffered row, removed from the buffer (to spool them)."""
+        rows = list(self._rows)
+        self._rows.clear()
+        BUFFERED.labels(self.table).set(0)
+        return rows

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 from functools import partial
+from pathlib import Path
 from typing import Any
 
-from accounting import audit, ledger, promptlog, server
+from accounting import audit, ledger, promptlog, server, spool
 from accounting.audit import AccessEntry, AuditRow, AuditRows
 from accounting.batches import Batcher
 from accounting.denymode import DENY_MODE_KEY, DenyMode
@@ -66,6 +67,19 @@ async def run(cfg: Settings) -> None:
         partial(promptlog.row_from_outcome, ttl_s=cfg.prompt_log_ttl_s),
         ledger_wait_s=cfg.ledger_wait_s,
     )
+    spool_dir = Path(cfg.accounting_spool_dir) if cfg.accounting_spool_dir else None
+    buffers: list[tuple[Batcher[Any], type[Any]]] = [
+        (ledger_rows, LedgerRow),
+        (audit_rows, AuditRow),
+        (prompt_rows, PromptRow),
+    ]
+    if spool_dir is not None:
+        for batcher_, cls in buffers:
+            restored: list[Any] = spool.load(spool_dir, batcher_.table, cls)
+            for row in restored:
+                batcher_.add(row)
+            if restored:
+                log.info("spooled rows restored", table=batcher_.table, rows=len(restored))
     deny = DenyMode(redis, [audit_rows, ledger_rows], cfg.deny_mode_ttl_s, interval_s=0.5)
 
     def accept(entry: AccessEntry) -> None:
@@ -93,9 +107,14 @@ async def run(cfg: Settings) -> None:
         # Envoy's streams are closed (grace period over): settle what is pending, then write
         # every buffered row before exiting, so a restart loses nothing.
         await settler.wait_idle(_DRAIN_S)
-        for batcher in (ledger_rows, audit_rows, prompt_rows):
-            if not await batcher.drain(_DRAIN_S / 2):
-                log.error("rows lost at shutdown", table=batcher.table, rows=len(batcher))
+        for batcher_, _ in buffers:
+            if await batcher_.drain(_DRAIN_S / 2):
+                continue
+            if spool_dir is not None:
+                spool.save(spool_dir, batcher_.table, batcher_.take_all())
+                log.warning("rows spooled at shutdown", table=batcher_.table)
+            else:
+                log.error("rows lost at shutdown", table=batcher_.table, rows=len(batcher_))
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -47,6 +47,7 @@ class Settings(BaseModel):
     ledger_wait_s: float = 2.0  # budget settlement waits this long for the ledger row
     prompt_log_ttl_s: float = 7 * 86400.0
     prompt_log_sweep_interval_s: float = 60.0
+    accounting_spool_dir: str = ""  # rows unwritten at shutdown go here ("": nowhere)
 
     @field_validator("ollama_urls", mode="before")
     @classmethod
