@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,10 +12,11 @@ from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2
 from google.protobuf import struct_pb2
 
-from accounting import server
+from accounting import server, spool
 from accounting.audit import AuditRows, row_from_entry
 from accounting.batches import Batcher
 from accounting.denymode import DenyMode
+from accounting.ledger import LedgerRow
 from accounting.outcomes import RecentOutcomes
 from accounting.stream import RequestInfo, StreamAccount
 
@@ -201,3 +203,12 @@ def test_cut_stream_row_takes_its_counts_from_the_outcome() -> None:
     assert rows.ready(row)
     assert row.tokens_out == 3 and row.tokens_estimated
     assert row.error == "stream cut short"
+
+
+def test_spool_round_trip(tmp_path: Path) -> None:
+    stamp = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    rows = [LedgerRow(f"r{i}", stamp, TENANT, None, "m", i, 2 * i, i % 2 == 0) for i in range(3)]
+    spool.save(tmp_path, "budget_ledger", rows[:2])
+    spool.save(tmp_path, "budget_ledger", rows[2:])  # appends to an earlier spool
+    assert spool.load(tmp_path, "budget_ledger", LedgerRow) == rows
+    assert spool.load(tmp_path, "budget_ledger", LedgerRow) == []  # taken once
