@@ -82,9 +82,10 @@ local amount = math.min(want, minrem)
 local member = rid .. '|' .. amount
 local counters = {}
 for i = 1, nb do
-  redis.call('ZADD', KEYS[2 * i], now + ttl, member)
+  if redis.call('ZADD', KEYS[2 * i], now + ttl, member) == 1 then  -- a retried call adds nothing
+    redis.call('INCRBY', KEYS[2 * i] .. ':sum', amount)
+  end
   redis.call('EXPIRE', KEYS[2 * i], ttl)
-  redis.call('INCRBY', KEYS[2 * i] .. ':sum', amount)
   redis.call('EXPIRE', KEYS[2 * i] .. ':sum', ttl)
   counters[i] = {KEYS[2 * i - 1], KEYS[2 * i]}
 end

@@ -286,6 +286,18 @@ def test_deny_mode_answers_503_for_every_request(gw: Gateway) -> None:
 def test_redis_down_is_503_never_200(gw: Gateway) -> None:
     warm = caller(gw)
     assert chat(gw, warm).status_code == 200
+
+    async def burst() -> None:
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=48)) as client:
+            body = {**CHAT, "stream": False, "options": {"num_predict": 1}}
+            await asyncio.gather(
+                *(
+                    client.post(f"{gw.url}/api/chat", json=body, headers=warm.headers)
+                    for _ in range(48)
+                )
+            )
+
+    asyncio.run(burst())  # authz's Redis pool holds many connections now
     cold = caller(gw)
     redis_proc = gw.stack.procs["redis"]
     redis_proc.stop()
@@ -299,6 +311,21 @@ def test_redis_down_is_503_never_200(gw: Gateway) -> None:
     finally:
         redis_proc.start()
     poll(lambda: chat(gw, cold).status_code == 200, timeout_s=10, interval_s=0.2)
+    # Every pooled connection from before the restart is stale: authz retries on a fresh one
+    # instead of answering 503 (the RLS and accounting have their own pools).
+    before = authz_503s(gw)
+
+    asyncio.run(burst())
+    assert authz_503s(gw) == before
+
+
+def authz_503s(gw: Gateway) -> float:
+    text = httpx.get(gw.stack.metrics_url("authz"), timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("authz_decisions_total{") and 'status="503"' in line
+    )
 
 
 def test_rate_limit_overrides_reach_the_rls(gw: Gateway) -> None:
