@@ -41,6 +41,7 @@ local rid = ARGV[5]
 local take = ARGV[6] == '1'
 local ttl = tonumber(ARGV[7])
 local slot_expiry = tonumber(ARGV[8])
+local need = tonumber(ARGV[9])
 local missing = {}
 for i = 1, nb do
   if redis.call('EXISTS', KEYS[2 * i - 1]) == 0 then missing[#missing + 1] = i end
@@ -59,18 +60,18 @@ for i = 1, nb do
     redis.call('ZREMRANGEBYSCORE', res, '-inf', now)
     redis.call('DECRBY', total, gone)
   end
-  local rem = tonumber(ARGV[8 + i]) - used - (tonumber(redis.call('GET', total)) or 0)
+  local rem = tonumber(ARGV[9 + i]) - used - (tonumber(redis.call('GET', total)) or 0)
   if mini == 0 or rem < minrem then
     minrem = rem
     mini = i
   end
 end
 if not take then return {0, mini, minrem, 0} end
-if mini > 0 and minrem <= 0 then return {1, mini, minrem, 0} end
+if mini > 0 and minrem < need then return {1, mini, minrem, 0} end
 for j = 1, ns do
   local zs = KEYS[2 * nb + j]
   redis.call('ZREMRANGEBYSCORE', zs, '-inf', now)
-  if redis.call('ZCARD', zs) >= tonumber(ARGV[8 + nb + j]) then return {2, mini, minrem, j} end
+  if redis.call('ZCARD', zs) >= tonumber(ARGV[9 + nb + j]) then return {2, mini, minrem, j} end
 end
 for j = 1, ns do
   local zs = KEYS[2 * nb + j]
@@ -166,16 +167,21 @@ class Admitter:
             raise StoreUnavailable from exc
 
     async def admit(
-        self, principal: Principal, request_id: str, want: int, *, take: bool
+        self, principal: Principal, request_id: str, want: int, *, take: bool, need: int = 1
     ) -> Admission:
-        """Check (and with ``take``, reserve ``want`` tokens and a slot) for one request."""
+        """Check (and with ``take``, reserve up to ``want`` tokens and a slot) for one request.
+
+        Refused (``BUDGET``) when a period has fewer than ``need`` tokens left (the prompt and
+        one output token), so a budget is never overshot by more than the estimate's error;
+        otherwise the reservation is ``min(want, tokens left)``.
+        """
         now = datetime.now(UTC)
         found = budgets_for(principal)
         limits = slots_for(principal) if take else []
         if not found and not limits:
             return Admission(Outcome.DENY_MODE if await self.deny_mode() else Outcome.OK)
         for _ in range(3):
-            result = await self._run(principal, found, limits, request_id, want, take, now)
+            result = await self._run(principal, found, limits, request_id, (want, need), take, now)
             if isinstance(result, Admission):
                 return result
             try:
@@ -191,10 +197,11 @@ class Admitter:
         found: list[Budget],
         limits: list[tuple[str, int]],
         request_id: str,
-        want: int,
+        tokens: tuple[int, int],
         take: bool,
         now: datetime,
     ) -> Admission | list[int]:
+        want, need = tokens
         keys: list[str] = []
         for budget in found:
             keys += [budget.used_key(now), budget.reserved_key(now)]
@@ -210,6 +217,7 @@ class Admitter:
             "1" if take else "0",
             budgets.RESERVATION_TTL_S,
             clock + slots.LEASE_S,
+            max(1, need),
             *(b.limit for b in found),
             *(limit for _, limit in limits),
         ]

@@ -129,7 +129,11 @@ class Authorizer:
         cap = 0 if embeddings else (body.output_cap or principal.default_max_tokens)
         request_id = req.request_id or str(uuid.uuid4())
         admission = await self._admitter.admit(
-            principal, request_id, body.prompt_estimate + cap, take=True
+            principal,
+            request_id,
+            body.prompt_estimate + cap,
+            take=True,
+            need=body.prompt_estimate + (0 if embeddings else 1),
         )
         self._raise_unless_admitted(admission, req, meta)
         if admission.period is not None and not embeddings:

@@ -17,6 +17,8 @@ import httpx
 import openai
 import pytest
 
+from authz import payload
+from authz.request import AuthzRequest
 from gateway import budgets, periods
 from gateway.periods import Period
 from tests.e2e.test_authz_support import CHAT, Caller, caller, chat, poll, rds
@@ -347,3 +349,24 @@ def test_a_reservation_never_settled_stops_counting_when_it_expires(gw: Gateway)
     time.sleep(0.6)  # the lease of the lost reservation runs out
     # Only the probes' own use (settled, or still reserved) counts now, not the lost 300.
     assert remaining(chat(gw, who)) > 1_000 - 100
+
+
+@pytest.mark.parametrize(("headroom", "status"), [(1, 200), (0, 429)])
+def test_admitted_while_the_prompt_and_one_token_fit(
+    gw: Gateway, headroom: int, status: int
+) -> None:
+    body = {**CHAT, "stream": False, "options": {"num_predict": 50}}
+    request = AuthzRequest(
+        "POST", "/api/chat", {"content-type": ["application/json"]}, json.dumps(body).encode()
+    )
+    prompt = payload.parse(request, embeddings=False).prompt_estimate
+    who = caller(gw, {"budget_total": 1_000})
+    ledger(gw, who, 1_000 - prompt - headroom)
+    resp = httpx.post(f"{gw.url}/api/chat", json=body, headers=who.headers)
+    assert resp.status_code == status
+    assert remaining(resp) == prompt + headroom
+    if status == 200:
+        # It runs under what is left: one output token, whatever it asked for.
+        seen = httpx.get(f"{gw.stack.ollama_urls[0]}/_mock/requests").json()
+        mine = [r for r in seen if r["headers"].get("x-nz-tenant") == who.tenant]
+        assert mine[-1]["body"]["options"]["num_predict"] == 1
