@@ -126,10 +126,13 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         submitted = False
         try:
             async for req in request_iterator:
-                found = _authz_metadata(req)
-                if found:
-                    metadata.update(found)
                 kind = req.WhichOneof("request")
+                if account is None:
+                    # authz's metadata is complete before the request reaches us; decoding it
+                    # once (not on every body chunk) keeps the per-chunk cost down.
+                    found = _authz_metadata(req)
+                    if found:
+                        metadata.update(found)
                 if kind == "request_headers":
                     headers = _headers(req.request_headers.headers)
                     path = headers.get(":path", "").split("?", 1)[0]
