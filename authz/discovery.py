@@ -58,6 +58,8 @@ class Discovery:
     interval_s: float
     ttl_s: float
     _backends: dict[str, BackendModels] = field(default_factory=dict, init=False)
+    # models() is on every Check's path: (valid until, value), dropped whenever a list changes
+    _models: tuple[float, frozenset[str]] = field(default=(0.0, frozenset()), init=False)
     _session: aiohttp.ClientSession | None = field(default=None, init=False)
 
     # -- the API the rest of authz (and the admin API) reads -----------------------------
@@ -73,7 +75,18 @@ class Discovery:
 
     def models(self) -> frozenset[str]:
         """Every canonical model name on a live backend (empty: nothing resolves)."""
-        return frozenset().union(*self.snapshot().values())
+        now = time.monotonic()
+        until, found = self._models
+        if until > now:
+            return found
+        live = [b for url, b in self._backends.items() if b.until > now and url in self.urls]
+        found = frozenset().union(*(b.entries for b in live))
+        self._models = (min((b.until for b in live), default=now + 1.0), found)
+        return found
+
+    def _store(self, backend: BackendModels) -> None:
+        self._backends[backend.url] = backend
+        self._models = (0.0, frozenset())
 
     def entries(self) -> dict[str, dict[str, Any]]:
         """Canonical name → the upstream's ``/api/tags`` entry (first backend that has it)."""
@@ -124,7 +137,7 @@ class Discovery:
             _log.warning("backend model list not refreshed", backend=url, error=str(exc))
             await self._adopt_shared(url)
             return
-        self._backends[url] = BackendModels(url, entries, time.monotonic() + self.ttl_s)
+        self._store(BackendModels(url, entries, time.monotonic() + self.ttl_s))
         try:
             await self.redis.set(
                 redis_key(url),
@@ -149,4 +162,4 @@ class Discovery:
         current = self._backends.get(url)
         until = time.monotonic() + pttl / 1000
         if current is None or current.until < until:
-            self._backends[url] = BackendModels(url, entries, until)
+            self._store(BackendModels(url, entries, until))
