@@ -205,6 +205,7 @@ class Authorizer:
         admission = await self._admitter.admit(principal, req.request_id, 0, take=False)
         self._raise_unless_admitted(admission, req, meta)
         if endpoint.kind is Kind.VERSION:
+            meta["rl"] = rate_overrides(principal)  # proxied: counts against requests/min
             return self._allow(principal, admission, meta)
         headers = admission.budget_headers()
         effective = models.effective(principal, discovered)
