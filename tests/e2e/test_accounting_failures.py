@@ -15,6 +15,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
 
 from accounting import ledger
 from accounting.denymode import DENY_MODE_KEY
@@ -193,3 +194,27 @@ def test_accounting_restart_during_a_postgres_outage_loses_nothing(
         rows = audit_rows(gw, who, count=6, timeout_s=20)
         assert len(rows) == 6 and len({r["request_id"] for r in rows}) == 6
         assert len(ledger_rows(gw, who, count=6, timeout_s=20)) == 6
+
+
+def test_accounting_dying_mid_stream_cuts_the_stream(gw: Gateway) -> None:
+    who = caller(gw)
+    body = {**CHAT, "options": {"num_predict": 60, "mock_frame_delay_ms": 50}}
+    proc = gw.stack.procs["accounting"]
+    frames: list[str] = []
+    try:
+        with (
+            pytest.raises(httpx.HTTPError),
+            httpx.stream("POST", f"{gw.url}/api/chat", json=body, headers=who.headers) as resp,
+        ):
+            assert resp.status_code == 200
+            for line in resp.iter_lines():
+                frames.append(line)
+                if len(frames) == 3:
+                    assert proc.popen is not None
+                    os.killpg(proc.popen.pid, signal.SIGKILL)  # a crash, not a graceful stop
+    finally:
+        proc.stop()
+        proc.start()
+    assert 3 <= len(frames) < 60
+    assert '"done":true' not in "".join(frames)  # the rest was never delivered unaccounted
+    assert until(lambda: chat(gw, who).status_code == 200, timeout_s=10)
