@@ -116,7 +116,8 @@ def row_from_entry(entry: AccessEntry) -> AuditRow:
         error=error,
         # An accounted request whose ext_proc metadata is missing: the stream was cut, or
         # ext_proc's metadata never reached the log. The outcome (if any) is in this process.
-        awaiting_outcome=not has_counts and bool(_str(authz, "model")) and entry.status > 0,
+        # (A refusal — 4xx/5xx before the backend — never reached ext_proc: nothing to wait for.)
+        awaiting_outcome=not has_counts and bool(_str(authz, "model")) and entry.status < 400,
     )
 
 
