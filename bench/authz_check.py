@@ -11,7 +11,8 @@ CheckRequest Envoy sends for a non-streamed ``/api/chat`` (headers + JSON body):
 * **warm**: the same key again (in-process cache, one Redis round trip for deny mode, budget
   reservation and concurrency slot), at concurrency 1 and N; each reservation is settled and
   its slot released after the call (outside the timing), as accounting would;
-* **listing**: a warm ``GET /api/tags`` answered from the discovery cache.
+* **listing**: a warm ``GET /api/tags`` answered from the discovery cache;
+* **gRPC floor**: a health check on the same server, i.e. what any Python gRPC call costs here.
 
 Prints a table and how many argon2 verifications the warm runs performed (must be 0).
 """
@@ -35,6 +36,7 @@ import psutil
 import redis.asyncio as aioredis
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authz import provisioning
 from devstack.stack import Stack, StackConfig
@@ -189,6 +191,24 @@ async def run(stack: Stack, requests: int, cold: int, concurrency: int) -> tuple
                 percentile(cold_lat, 0.99) * 1000,
             )
         )
+        # The floor: a gRPC health check on the same server (no policy at all).
+        health = health_pb2_grpc.HealthStub(channel)
+        floor: list[float] = []
+        for _ in range(requests):
+            start = time.perf_counter()
+            await health.Check(health_pb2.HealthCheckRequest())
+            floor.append(time.perf_counter() - start)
+        rows.append(
+            Row(
+                "gRPC floor (health)",
+                1,
+                len(floor),
+                0,
+                len(floor) / sum(floor),
+                percentile(floor, 0.5) * 1000,
+                percentile(floor, 0.99) * 1000,
+            )
+        )
         await one(warm_key, "POST", "/api/chat", body)  # the warm key's own cold call
         before = argon2_count(stack)
         await scenario("warm chat", 1, requests, "POST", "/api/chat", body)
@@ -215,10 +235,10 @@ def main() -> None:
         f"{platform.python_implementation()} {platform.python_version()}\n"
     )
     header = ("scenario", "conc", "calls", "err", "calls/s", "p50 ms", "p99 ms")
-    print("{:<18} {:>4} {:>6} {:>4} {:>8} {:>7} {:>7}".format(*header))
+    print("{:<20} {:>4} {:>6} {:>4} {:>8} {:>7} {:>7}".format(*header))
     for r in rows:
         print(
-            f"{r.scenario:<18} {r.concurrency:>4} {r.calls:>6} {r.errors:>4} {r.per_s:>8.0f} "
+            f"{r.scenario:<20} {r.concurrency:>4} {r.calls:>6} {r.errors:>4} {r.per_s:>8.0f} "
             f"{r.p50_ms:>7.2f} {r.p99_ms:>7.2f}"
         )
     print(f"\nargon2id verifications during the warm runs: {warm_verifies:.0f} (must be 0)")
