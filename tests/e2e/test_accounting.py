@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import ollama
 import openai
 import pytest
 
@@ -143,6 +144,19 @@ def test_openai_client_streams_with_and_without_usage(gw: Gateway) -> None:
     assert last_usage.completion_tokens == 3
     rows = audit_rows(gw, who, count=2)
     assert [(r["tokens_in"], r["tokens_out"]) for r in rows] == [(PROMPT_WORDS, 3)] * 2
+
+
+def test_ollama_client_stream_is_counted_as_its_final_chunk_says(gw: Gateway) -> None:
+    who = caller(gw)
+    client = ollama.Client(host=gw.url, headers=who.headers)
+    messages: list[Any] = [{"role": "user", "content": "say hello to me"}]
+    chunks = list(
+        client.chat(model="llama3.2", messages=messages, stream=True, options={"num_predict": 5})
+    )
+    final = chunks[-1]
+    assert final.done and final.eval_count == 5
+    (row,) = audit_rows(gw, who)
+    assert (row["tokens_in"], row["tokens_out"]) == (final.prompt_eval_count, final.eval_count)
 
 
 def test_openai_completions_stream_is_byte_for_byte_what_the_client_asked_for(
