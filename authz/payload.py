@@ -16,11 +16,12 @@ from authz.request import AuthzRequest
 # curl's ``-d`` sends a form content type, and Ollama's own docs use ``curl -d '{…}'``: such a
 # body is accepted when it is JSON. Anything else that is not JSON is refused (415).
 _ACCEPTED_TYPES = ("application/json", "application/x-www-form-urlencoded")
-# Fields of a request that carry no prompt text.
-_NOT_PROMPT = frozenset(
-    {"model", "stream", "options", "format", "keep_alive", "stream_options", "tools"}
-)
+# Fields of a request that never reach the model as prompt (tools, format, system do).
+_NOT_PROMPT = frozenset({"model", "stream", "options", "keep_alive", "stream_options"})
 _PROMPT_OVERHEAD_TOKENS = 16
+# An image costs the model a bounded number of tokens, not its base64 length: count each one
+# (native ``images`` entries, OpenAI ``data:`` URLs) as this many characters of text.
+_IMAGE_CHARS = 3 * 1024
 
 
 class BadRequest(Exception):
@@ -63,11 +64,16 @@ def json_object(req: AuthzRequest) -> dict[str, Any]:
 
 def _count_text(value: Any, depth: int = 0) -> int:
     if isinstance(value, str):
-        return len(value)
+        return _IMAGE_CHARS if value.startswith("data:") else len(value)
     if depth > 32:
         return 0
     if isinstance(value, dict):
-        return sum(_count_text(v, depth + 1) for v in value.values())
+        return sum(
+            _IMAGE_CHARS * len(v)
+            if k == "images" and isinstance(v, list)
+            else _count_text(v, depth + 1)
+            for k, v in value.items()
+        )
     if isinstance(value, list):
         return sum(_count_text(v, depth + 1) for v in value)
     return 0

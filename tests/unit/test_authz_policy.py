@@ -206,3 +206,43 @@ def test_envoy_and_authz_agree_on_the_maximum_body() -> None:
     for body in found:
         assert body["max_request_bytes"] == Settings().max_request_bytes
         assert body["allow_partial_message"] is False
+
+
+def test_images_count_as_a_bounded_number_of_tokens_not_their_base64_size() -> None:
+    picture = "iVBORw0KGgo" * 100_000  # ~1 MB of base64
+    native = payload.parse(
+        _req(
+            json.dumps(
+                {"model": "m", "messages": [{"content": "hi", "images": [picture]}]}
+            ).encode()
+        ),
+        embeddings=False,
+    )
+    oai = payload.parse(
+        _req(
+            json.dumps(
+                {
+                    "model": "m",
+                    "messages": [
+                        {
+                            "content": [
+                                {
+                                    "type": "image_url",
+                                    "image_url": {"url": "data:image/png;base64," + picture},
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ).encode(),
+            "/v1/chat/completions",
+        ),
+        embeddings=False,
+    )
+    for parsed in (native, oai):
+        assert 1_000 <= parsed.prompt_estimate <= 1_200
+    tools = payload.parse(
+        _req(json.dumps({"model": "m", "tools": [{"description": "x" * 300}]}).encode()),
+        embeddings=False,
+    )
+    assert tools.prompt_estimate >= 100  # tool definitions reach the prompt
