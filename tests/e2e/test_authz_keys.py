@@ -281,3 +281,15 @@ def test_a_dropped_listen_connection_reconnects_and_flushes_the_caches(gw: Gatew
     gw.sql("UPDATE gateway.api_keys SET status = 'revoked' WHERE id = $1::uuid", who.key_id)
     poll(lambda: chat(gw, who).status_code == 401, timeout_s=4.0, interval_s=0.05)
     assert gw.sql("SELECT 1 FROM pg_stat_activity WHERE application_name = $1", APPLICATION_NAME)
+
+
+def test_a_fresh_replica_uses_the_shared_cache_without_argon2(gw: Gateway) -> None:
+    who = caller(gw)
+    assert chat(gw, who).status_code == 200  # verified once, cached in Redis too
+    authz = gw.stack.procs["authz"]
+    try:
+        authz.stop()  # a new process: empty in-process cache, counters from zero
+    finally:
+        authz.start()
+    poll(lambda: chat(gw, who).status_code == 200, timeout_s=10, interval_s=0.1)
+    assert argon2_verifies(gw) == 0
