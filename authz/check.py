@@ -57,6 +57,16 @@ def rate_overrides(principal: Principal) -> dict[str, dict[str, Any]]:
     return found
 
 
+def presented_key(req: AuthzRequest) -> str | None:
+    """The bearer key; on ``/v1/messages`` (Anthropic's SDK) ``x-api-key`` instead. Both at
+    once, or either twice, is no key at all."""
+    bearer = req.header("authorization")
+    plain = req.header("x-api-key")
+    if plain and req.path == "/v1/messages":
+        return None if bearer else apikeys.parse_plain(plain)
+    return apikeys.parse_bearer(bearer)
+
+
 class Authorizer:
     def __init__(
         self,
@@ -94,7 +104,7 @@ class Authorizer:
         return deny(status, req.surface, **kwargs)
 
     async def _check(self, req: AuthzRequest) -> tuple[Decision, str]:
-        presented = apikeys.parse_bearer(req.header("authorization"))
+        presented = presented_key(req)
         principal = None if presented is None else await self._keys.lookup(presented)
         if principal is None or not principal.usable(datetime.now(UTC)):
             return await self._refuse(401, req, headers=_UNAUTHORIZED_HEADERS), ""
@@ -172,7 +182,7 @@ class Authorizer:
             },
             # Envoy applies removals after the headers it sets: the identity headers are
             # overwritten (never removed), whatever the client sent.
-            remove_headers=("authorization",),
+            remove_headers=("authorization", "x-api-key"),
             response_headers=admission.budget_headers(),
             metadata=meta,
         )

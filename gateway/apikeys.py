@@ -65,12 +65,18 @@ def parse_bearer(values: list[str]) -> str | None:
     Two Authorization headers, another scheme, a lowercase ``bearer``, stray whitespace or
     bytes outside printable ASCII all yield None: the caller answers one identical 401.
     """
+    if len(values) != 1 or not values[0].startswith("Bearer "):
+        return None
+    return parse_plain([values[0][len("Bearer ") :]])
+
+
+def parse_plain(values: list[str]) -> str | None:
+    """The key from exactly one header that carries it bare (Anthropic's ``x-api-key``)."""
     if len(values) != 1:
         return None
-    value = values[0]
-    if not value.startswith("Bearer ") or not value.isascii():
+    key = values[0]
+    if not key or not key.isascii() or not key.isprintable() or key != key.strip():
         return None
-    key = value[len("Bearer ") :]
-    if not key or not key.isprintable() or key != key.strip() or " " in key:
+    if " " in key:
         return None
     return key

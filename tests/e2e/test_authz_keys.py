@@ -3,6 +3,7 @@ Postgres — through Envoy's listener."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -293,3 +294,28 @@ def test_a_fresh_replica_uses_the_shared_cache_without_argon2(gw: Gateway) -> No
         authz.start()
     poll(lambda: chat(gw, who).status_code == 200, timeout_s=10, interval_s=0.1)
     assert argon2_verifies(gw) == 0
+
+
+def test_anthropic_style_x_api_key_works_on_v1_messages_only(gw: Gateway) -> None:
+    who = caller(gw)
+    marker = f"anthropic-{time.monotonic_ns()}"
+    body = {
+        "model": "llama3.2",
+        "max_tokens": 3,
+        "messages": [{"role": "user", "content": marker}],
+    }
+    resp = httpx.post(f"{gw.url}/v1/messages", json=body, headers={"x-api-key": who.key})
+    assert resp.status_code == 200
+    seen = httpx.get(f"{gw.stack.ollama_urls[0]}/_mock/requests").json()
+    (mine,) = [r for r in seen if marker in json.dumps(r.get("body"))]
+    assert "x-api-key" not in mine["headers"]
+    assert who.key not in json.dumps(mine["headers"])
+    for path, headers in (
+        ("/api/chat", {"x-api-key": who.key}),  # only the Anthropic endpoint takes it
+        ("/v1/chat/completions", {"x-api-key": who.key}),
+        ("/v1/messages", {"x-api-key": who.key, "Authorization": f"Bearer {who.key}"}),
+        ("/v1/messages", {"x-api-key": forged(who.key)}),
+        ("/v1/messages", {"x-api-key": who.key + "x"}),
+    ):
+        resp = httpx.post(f"{gw.url}{path}", json=body, headers=headers)
+        assert resp.status_code == 401, (path, headers)
