@@ -43,14 +43,16 @@ local ttl = tonumber(ARGV[7])
 local slot_expiry = tonumber(ARGV[8])
 local need = tonumber(ARGV[9])
 local missing = {}
+local used_of = {}
 for i = 1, nb do
-  if redis.call('EXISTS', KEYS[2 * i - 1]) == 0 then missing[#missing + 1] = i end
+  local used = redis.call('GET', KEYS[2 * i - 1])
+  if used then used_of[i] = tonumber(used) else missing[#missing + 1] = i end
 end
 if #missing > 0 then return {3, unpack(missing)} end
 local minrem = 0
 local mini = 0
 for i = 1, nb do
-  local used = tonumber(redis.call('GET', KEYS[2 * i - 1])) or 0
+  local used = used_of[i]
   local res = KEYS[2 * i]
   local total = res .. ':sum'
   local expired = redis.call('ZRANGEBYSCORE', res, '-inf', now)
