@@ -27,8 +27,6 @@ from authz.principal import Principal
 from authz.request import AuthzRequest
 from gateway import apikeys, logs
 
-# Headers the client may not set: authz alone sets them for the upstream.
-IDENTITY_HEADERS = ("x-nz-tenant", "x-nz-key-prefix")
 _UNAUTHORIZED_HEADERS = {"www-authenticate": 'Bearer realm="neuronetz"'}
 _RATE_FIELDS = (
     ("rpm", "requests_per_minute"),
@@ -176,6 +174,7 @@ class Authorizer:
 
     def _allow(self, principal: Principal, admission: Admission, meta: dict[str, Any]) -> Allow:
         return Allow(
+            # Identity for the upstream, overwriting whatever the client sent under these names.
             upstream_headers={
                 "x-nz-tenant": principal.tenant,
                 "x-nz-key-prefix": principal.prefix,
