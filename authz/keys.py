@@ -8,9 +8,11 @@ stops a verification already in flight from caching the key again.
 
 A wrong key costs one argon2 verify, then nothing while it is in the negative cache; wrong
 keys for one prefix are counted in Redis (``nz:keyfail:{<prefix>}``) and past
-``FAILURE_LIMIT`` in ``FAILURE_WINDOW_S`` a prefix gets no more verifies until the window
-ends, so replaying a known prefix cannot burn CPU. Concurrent cold checks of one key share
-one verify; verifies run in worker threads, at most ``VERIFY_CONCURRENCY`` at a time.
+``FAILURE_LIMIT`` in ``FAILURE_WINDOW_S`` a prefix gets at most one verify per
+``LOCKED_VERIFY_INTERVAL_MS`` across all replicas (``nz:keytry:{<prefix>}``), so replaying a
+known prefix cannot burn CPU, and the key's owner is slowed down, never locked out.
+Concurrent cold checks of one key share one verify; verifies run in worker threads, at most
+``VERIFY_CONCURRENCY`` at a time.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ KEY_CACHE = Counter("authz_key_cache_total", "key lookups by where they were ans
 NEGATIVE_TTL_S = 10.0
 FAILURE_LIMIT = 10
 FAILURE_WINDOW_S = 60
+LOCKED_VERIFY_INTERVAL_MS = 1000
 VERIFY_CONCURRENCY = 4
 _MAX_ENTRIES = 100_000
 _REVOKED = "revoked"
@@ -74,6 +77,10 @@ def cache_key(prefix: str) -> str:
 
 def failure_key(prefix: str) -> str:
     return f"nz:keyfail:{{{prefix}}}"
+
+
+def trickle_key(prefix: str) -> str:
+    return f"nz:keytry:{{{prefix}}}"
 
 
 @dataclass(slots=True)
@@ -143,8 +150,15 @@ class KeyStore:
             self._remember(ident, principal, epoch)
             return principal
         if failures is not None and int(failures) >= FAILURE_LIMIT:
-            KEY_CACHE.labels("prefix_locked").inc()
-            return None
+            try:
+                turn = await self._redis.set(
+                    trickle_key(prefix), "1", nx=True, px=LOCKED_VERIFY_INTERVAL_MS
+                )
+            except _STORE_ERRORS as exc:
+                raise StoreUnavailable from exc
+            if not turn:
+                KEY_CACHE.labels("prefix_locked").inc()
+                return None
         try:
             row = await self._pool.fetchrow(PRINCIPAL_SQL, prefix)
         except _STORE_ERRORS as exc:
