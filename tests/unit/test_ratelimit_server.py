@@ -9,6 +9,7 @@ from google.protobuf import wrappers_pb2
 
 from ratelimit.decide import Decision
 from ratelimit.descriptors import Descriptor, Limit, RateLimitRequest, Unit
+from ratelimit.replies import openai_duration
 from ratelimit.server import to_request, to_response
 from ratelimit.status import Status
 
@@ -75,3 +76,16 @@ def test_week_unit_maps_by_name() -> None:
         Decision(over=False, statuses=[Status(over=False, limit=Limit(1, Unit.WEEK))])
     )
     assert response.statuses[0].current_limit.unit == _R.RateLimit.WEEK
+
+
+def test_durations_are_written_as_openai_writes_them() -> None:
+    assert [openai_duration(ms) for ms in (0, 36, 999, 1000, 1001, 59_500, 360_000, 3_723_000)] == [
+        "0ms",
+        "36ms",
+        "999ms",
+        "1s",
+        "2s",
+        "1m0s",
+        "6m0s",
+        "1h2m3s",
+    ]
