@@ -121,6 +121,16 @@ def row_from_entry(entry: AccessEntry) -> AuditRow:
     )
 
 
+# Envoy's response flags for a request the rate-limit filter refused (429) or could not check
+# (503): it stopped after ext_authz admitted it and before ext_proc or the backend saw it.
+_REFUSED_BY_RLS = frozenset({"RL", "RLSE"})
+
+
+def refused_after_admission(entry: AccessEntry) -> bool:
+    """authz admitted the request (slot, reservation), then the RLS refused it."""
+    return bool(_REFUSED_BY_RLS.intersection(entry.response_flags.split(",")))
+
+
 class AuditRows:
     """Completes rows from the stream outcomes before they are written."""
 

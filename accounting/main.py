@@ -17,6 +17,7 @@ from accounting.ledger import LedgerRow
 from accounting.outcomes import RecentOutcomes
 from accounting.promptlog import PromptRow
 from accounting.settle import Settler
+from accounting.stream import RequestInfo
 from gateway import grpcserver, logs, metrics
 from gateway.settings import Settings
 from gateway.storage import pg_pool, redis_client
@@ -84,6 +85,12 @@ async def run(cfg: Settings) -> None:
 
     def accept(entry: AccessEntry) -> None:
         audit_rows.add(audit.row_from_entry(entry))
+        if audit.refused_after_admission(entry):
+            settler.give_back(
+                RequestInfo.from_metadata(
+                    entry.request_id, entry.metadata.get(audit.AUTHZ_NAMESPACE, {})
+                )
+            )
 
     tasks = [
         asyncio.create_task(job, name=name)

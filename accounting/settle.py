@@ -22,7 +22,7 @@ from accounting.batches import Batcher
 from accounting.ledger import LedgerRow
 from accounting.outcomes import RecentOutcomes
 from accounting.promptlog import PromptRow
-from accounting.stream import Outcome
+from accounting.stream import Outcome, RequestInfo
 from gateway import budgets, logs, slots
 
 TOKENS = Counter("accounting_tokens_total", "tokens accounted", ["tenant", "direction"])
@@ -57,11 +57,29 @@ class Settler:
         self._written: dict[str, asyncio.Event] = {}
         self._limit = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._side_tasks: set[asyncio.Task[None]] = set()
 
     def submit(self, outcome: Outcome) -> None:
         """Hand a finished request over (never waits)."""
         self._outcomes.put(outcome)
         self._queue.put_nowait(outcome)
+
+    def give_back(self, info: RequestInfo) -> None:
+        """A request authz admitted but a filter after it refused (the RLS's 429, or 503 when
+        the RLS failed): it reached neither ext_proc nor the backend and consumed nothing. Its
+        slot comes back and its reservation settles at zero (never waits)."""
+        if not info.tenant_id or not info.request_id or not (info.slot or info.reserved):
+            return
+        task = asyncio.create_task(self._give_back(info))
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _give_back(self, info: RequestInfo) -> None:
+        if info.slot and info.key_id:
+            await self._retry(
+                lambda: slots.release(self._redis, info.tenant_id, info.key_id, info.request_id)
+            )
+        await self._retry(lambda: budgets.settle(self._redis, info.tenant_id, info.request_id, 0))
 
     def ledger_written(self, rows: list[LedgerRow]) -> None:
         """Called by the ledger writer once ``rows`` are in Postgres."""
@@ -72,7 +90,7 @@ class Settler:
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize() + len(self._tasks)
+        return self._queue.qsize() + len(self._tasks) + len(self._side_tasks)
 
     async def wait_idle(self, timeout_s: float) -> None:
         """Wait (bounded) until every submitted outcome is settled (at shutdown)."""

@@ -416,17 +416,12 @@ def test_rls_stopped_fails_closed(gw: Gateway) -> None:
         time.sleep(0.1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="authz takes the slot (and budget reservation) before the RLS refuses; accounting"
-    " releases slots only for requests its ext_proc saw, and the RLS's 429 is a local reply it"
-    " never sees: the access-log path must release them (accounting's issue)",
-)
-def test_a_request_refused_by_the_rls_gives_back_its_concurrency_slot(gw: Gateway) -> None:
+def test_a_request_refused_by_the_rls_gives_back_its_slot_and_reservation(gw: Gateway) -> None:
     # One concurrent request per tenant; key `limited` may send 1 request/min, `free` has no
-    # rate limit. authz takes the tenant's slot before the RLS refuses `limited`'s second
-    # request: the slot must come back with the 429, or `free` is locked out.
-    tenant_id, _ = gw.tenant(None, allow_all=True, max_concurrent=1)
+    # rate limit. authz takes the tenant's slot (and a budget reservation) before the RLS
+    # refuses `limited`'s second request: both must come back with the 429, or `free` is
+    # locked out and the budget shrinks by a request that never ran.
+    tenant_id, _ = gw.tenant(None, allow_all=True, max_concurrent=1, budget_daily=10**9)
     limited = gw.key(tenant_id, requests_per_minute=1).full_key
     free = gw.key(tenant_id).full_key
     url = f"{gw.url}/v1/chat/completions"
@@ -446,3 +441,8 @@ def test_a_request_refused_by_the_rls_gives_back_its_concurrency_slot(gw: Gatewa
     assert refused.status_code == 429
     assert "x-ratelimit-limit-requests" in refused.headers  # the RLS's answer, not authz's
     assert free_gets_in()
+    client = redis.Redis.from_url(gw.stack.redis_url)
+    deadline = time.monotonic() + 5
+    while list(client.scan_iter(f"nz:{{{tenant_id}}}:rsv:*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(client.scan_iter(f"nz:{{{tenant_id}}}:rsv:*")) == []
