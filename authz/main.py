@@ -6,10 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-
 from authz import server
 from authz.admission import Admitter
 from authz.check import Authorizer
@@ -29,9 +25,6 @@ async def run(cfg: Settings) -> None:
     metrics.serve(cfg.metrics_port)
     pool = await pg_pool(cfg.database_url)
     redis = redis_client(cfg.redis_url, cfg.redis_timeout_s)
-    # A pooled connection left over from before a Redis restart fails once: try it again on a
-    # fresh connection at once (Redis really down still fails fast: connection refused).
-    redis.set_retry(Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
     ph = apikeys.hasher(cfg.argon2_time_cost, cfg.argon2_memory_kib)
     keys = KeyStore(pool, redis, ph, cfg.key_cache_ttl_s)
     admitter = Admitter(redis, pool)

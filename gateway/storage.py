@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncpg
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 
 async def pg_pool(url: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
@@ -15,6 +18,11 @@ async def pg_pool(url: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Po
 
 
 def redis_client(url: str, timeout_s: float) -> aioredis.Redis:
+    """A pooled client with short timeouts (a slow Redis fails closed, fast).
+
+    A pooled connection left over from before a Redis restart fails once: the command is tried
+    again at once on a fresh connection. Redis really down still fails fast (refused).
+    """
     return aioredis.Redis.from_url(
         url,
         socket_timeout=timeout_s,
@@ -22,4 +30,5 @@ def redis_client(url: str, timeout_s: float) -> aioredis.Redis:
         decode_responses=True,
         health_check_interval=0,
         max_connections=64,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 _SCRIPT = (Path(__file__).resolve().parent / "window.lua").read_text(encoding="utf-8")
@@ -98,12 +97,9 @@ class Windows:
         for hit in hits:
             args += [hit.limit, hit.period_ms, hit.hits, hit.mode.value, 1 if hit.enforce else 0]
         keys = [h.key for h in hits]
-        try:
-            reply = await self._script(keys=keys, args=args)
-        except RedisConnectionError:
-            # A pooled connection that went stale (Redis restarted): once more on a fresh one,
-            # still within the deadline. Redis down for real fails again, and closed.
-            reply = await self._script(keys=keys, args=args)
+        # (A stale pooled connection after a Redis restart is retried once by the client,
+        # see gateway.storage.redis_client; Redis down for real fails, and closed.)
+        reply = await self._script(keys=keys, args=args)
         now_ms = int(float(reply[1]))
         outcomes = [
             Outcome(
