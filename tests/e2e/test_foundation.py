@@ -146,3 +146,26 @@ def test_upstream_never_sees_the_client_key(gw: Gateway, key: str) -> None:
     assert "authorization" not in headers
     assert key not in json.dumps(headers)
     assert headers["x-nz-tenant"] != "spoofed"
+
+
+def test_backend_down_is_a_503_in_the_surface_shape(gw: Gateway, key: str) -> None:
+    mock = gw.stack.procs.get("mock_ollama")
+    if mock is None:
+        pytest.skip("OLLAMA_URL points at an external Ollama")
+    mock.stop()
+    try:
+        native = httpx.post(f"{gw.url}/api/chat", json=CHAT, headers=bearer(key), timeout=10)
+        assert native.status_code in (502, 503)
+        assert native.json() == {"error": "model server unavailable"}
+        openai_body = {**CHAT, "max_tokens": 3}
+        oai = httpx.post(
+            f"{gw.url}/v1/chat/completions", json=openai_body, headers=bearer(key), timeout=10
+        )
+        assert oai.status_code in (502, 503)
+        assert oai.json()["error"]["code"] == "upstream_unavailable"
+    finally:
+        mock.start()
+    resp = httpx.post(
+        f"{gw.url}/api/chat", json={**CHAT, "stream": False}, headers=bearer(key), timeout=10
+    )
+    assert resp.status_code == 200
