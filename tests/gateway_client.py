@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
@@ -17,6 +18,26 @@ T = TypeVar("T")
 _names = itertools.count(1)
 # Cheap argon2 parameters for fixtures only; the service verifies whatever the hash says.
 _HASHER = apikeys.hasher(time_cost=1, memory_kib=8192)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A tenant with one key, as the tests call the gateway."""
+
+    tenant_id: str
+    tenant: str
+    key_id: str
+    key: str
+
+    @property
+    def prefix(self) -> str:
+        prefix = apikeys.parse_prefix(self.key)
+        assert prefix is not None
+        return prefix
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
 
 
 class Gateway:
@@ -45,6 +66,12 @@ class Gateway:
 
     def key(self, tenant_id: str, **kwargs: Any) -> provisioning.CreatedKey:
         return self._db(lambda c: provisioning.create_key(c, _HASHER, tenant_id, **kwargs))
+
+    def caller(self, tenant: dict[str, Any] | None = None, **key_kwargs: Any) -> Caller:
+        """A fresh tenant (allow_all unless told otherwise) with one key."""
+        tenant_id, name = self.tenant(**{"allow_all": True, **(tenant or {})})
+        created = self.key(tenant_id, **key_kwargs)
+        return Caller(tenant_id, name, created.key_id, created.full_key)
 
     def new_key(self, tenant: dict[str, Any] | None = None, **key_kwargs: Any) -> str:
         """A fresh tenant (allow_all unless told otherwise) with one key; the full key."""

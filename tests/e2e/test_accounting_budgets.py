@@ -12,8 +12,8 @@ import httpx
 from authz import payload
 from authz.request import AuthzRequest
 from gateway.periods import Period
-from tests.e2e.test_accounting_helpers import CHAT, Caller, caller, redis_client, until, used
-from tests.gateway_client import Gateway
+from tests.e2e.test_accounting_helpers import CHAT, caller, redis_client, until, used
+from tests.gateway_client import Caller, Gateway
 
 
 def debited(gw: Gateway, who: Caller) -> int:

@@ -23,14 +23,13 @@ from accounting.ledger import LedgerRow
 from devstack.processes import Proc
 from tests.e2e.test_accounting_helpers import (
     CHAT,
-    Caller,
     audit_rows,
     caller,
     ledger_rows,
     redis_client,
     until,
 )
-from tests.gateway_client import Gateway
+from tests.gateway_client import Caller, Gateway
 
 SMALL = {**CHAT, "stream": False, "options": {"num_predict": 2}}
 

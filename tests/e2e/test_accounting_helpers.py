@@ -4,42 +4,23 @@ Postgres and Redis."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import redis
 
-from gateway import apikeys, budgets
+from gateway import budgets
 from gateway.periods import Period
-from tests.gateway_client import Gateway
+from tests.gateway_client import Caller, Gateway
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "say hello to me"}]}
 PROMPT_WORDS = 4  # the mock counts words: "say hello to me"
 
 
-@dataclass(frozen=True)
-class Caller:
-    tenant_id: str
-    key_id: str
-    key: str
-
-    @property
-    def prefix(self) -> str:
-        prefix = apikeys.parse_prefix(self.key)
-        assert prefix is not None
-        return prefix
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
-
-
 def caller(gw: Gateway, tenant: dict[str, Any] | None = None, **key: Any) -> Caller:
-    tenant_id, _ = gw.tenant(**{"allow_all": True, **(tenant or {})})
-    created = gw.key(tenant_id, **key)
-    return Caller(tenant_id, created.key_id, created.full_key)
+    """A fresh tenant (allow_all unless told otherwise) with one key."""
+    return gw.caller(tenant, **key)
 
 
 def wait_for(

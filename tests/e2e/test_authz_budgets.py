@@ -21,8 +21,8 @@ from authz import payload
 from authz.request import AuthzRequest
 from gateway import budgets, periods
 from gateway.periods import Period
-from tests.e2e.test_authz_support import CHAT, Caller, caller, chat, poll, rds
-from tests.gateway_client import Gateway
+from tests.e2e.test_authz_support import CHAT, caller, chat, poll, rds
+from tests.gateway_client import Caller, Gateway
 
 TOO_MANY = {"error": "too many requests"}
 

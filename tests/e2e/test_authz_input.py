@@ -10,8 +10,8 @@ import pytest
 
 from accounting.rewrite import keep_alive_seconds
 from gateway.settings import Settings
-from tests.e2e.test_authz_support import CHAT, FORBIDDEN, FORBIDDEN_OPENAI, Caller, caller
-from tests.gateway_client import Gateway
+from tests.e2e.test_authz_support import CHAT, FORBIDDEN, FORBIDDEN_OPENAI, caller
+from tests.gateway_client import Caller, Gateway
 
 BAD_REQUEST = {"error": "invalid request"}
 BAD_REQUEST_OPENAI = {

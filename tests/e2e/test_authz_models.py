@@ -15,12 +15,11 @@ from authz.models import canonical
 from tests.e2e.test_authz_support import (
     FORBIDDEN,
     FORBIDDEN_OPENAI,
-    Caller,
     caller,
     chat,
     poll,
 )
-from tests.gateway_client import Gateway
+from tests.gateway_client import Caller, Gateway
 
 
 def upstream_models(gw: Gateway) -> dict[str, dict[str, Any]]:

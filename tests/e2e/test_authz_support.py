@@ -6,14 +6,12 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 import redis
 
-from gateway import apikeys
-from tests.gateway_client import Gateway
+from tests.gateway_client import Caller, Gateway
 
 T = TypeVar("T")
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "say hello to me"}]}
@@ -24,29 +22,9 @@ FORBIDDEN_OPENAI = {
 UNAUTHORIZED = {"error": "invalid or missing API key"}
 
 
-@dataclass(frozen=True)
-class Caller:
-    tenant_id: str
-    tenant: str
-    key_id: str
-    key: str
-
-    @property
-    def prefix(self) -> str:
-        prefix = apikeys.parse_prefix(self.key)
-        assert prefix is not None
-        return prefix
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
-
-
 def caller(gw: Gateway, tenant: dict[str, Any] | None = None, **key: Any) -> Caller:
     """A fresh tenant (allow_all unless told otherwise) with one key."""
-    tenant_id, name = gw.tenant(**{"allow_all": True, **(tenant or {})})
-    created = gw.key(tenant_id, **key)
-    return Caller(tenant_id, name, created.key_id, created.full_key)
+    return gw.caller(tenant, **key)
 
 
 def chat(gw: Gateway, who: Caller | str, **body: Any) -> httpx.Response:
