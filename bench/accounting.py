@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import json
 import platform
 import time
@@ -33,10 +32,10 @@ import asyncpg
 import psutil
 
 from accounting import audit
-from bench.run import CHAT, percentile
+from bench.run import CHAT, percentile, stack_envoy_config
 from devstack import envoyconf
 from devstack.processes import Proc, envoy_bin, free_port
-from devstack.stack import SERVICES, Stack, StackConfig
+from devstack.stack import Stack, StackConfig
 from tests.gateway_client import Gateway
 
 
@@ -54,29 +53,9 @@ class StreamRow:
 
 def without_accounting(stack: Stack, port: int, admin: int) -> dict[str, Any]:
     """The shipped config minus ext_proc (filter and per-route entries) and the access log."""
-    rendered = envoyconf.render(
-        envoyconf.ENVOY_DIR / "envoy.yaml",
-        port,
-        admin,
-        {
-            "ollama": [envoyconf.url_endpoint(u) for u in stack.ollama_urls],
-            **{name: [("127.0.0.1", stack.ports[name])] for name in SERVICES},
-        },
+    return envoyconf.without_filters(
+        stack_envoy_config(stack, port, admin), ["envoy.filters.http.ext_proc"], access_log=False
     )
-    config = copy.deepcopy(rendered)
-    for listener in config["static_resources"]["listeners"]:
-        for chain in listener["filter_chains"]:
-            for flt in chain["filters"]:
-                hcm = flt["typed_config"]
-                hcm["http_filters"] = [
-                    f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"
-                ]
-                hcm.pop("access_log", None)
-                for vhost in hcm["route_config"]["virtual_hosts"]:
-                    for route in vhost["routes"]:
-                        per_filter = route.get("typed_per_filter_config", {})
-                        per_filter.pop("envoy.filters.http.ext_proc", None)
-    return config
 
 
 async def streams(

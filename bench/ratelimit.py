@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import json
 import platform
 import time
@@ -30,10 +29,10 @@ from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from envoy.type.v3 import ratelimit_unit_pb2
 
-from bench.run import CHAT, Row, load, percentile
+from bench.run import CHAT, Row, load, percentile, stack_envoy_config
 from devstack import envoyconf
 from devstack.processes import Proc, envoy_bin, free_port
-from devstack.stack import SERVICES, Stack, StackConfig
+from devstack.stack import Stack, StackConfig
 from tests.gateway_client import Gateway
 
 _D = ratelimit_pb2.RateLimitDescriptor
@@ -113,27 +112,9 @@ def _row(
 
 def without_ratelimit(stack: Stack, port: int, admin: int) -> dict[str, Any]:
     """The shipped config with the ratelimit filter and the descriptors removed."""
-    config = copy.deepcopy(
-        envoyconf.render(
-            envoyconf.ENVOY_DIR / "envoy.yaml",
-            port,
-            admin,
-            {
-                "ollama": [envoyconf.url_endpoint(u) for u in stack.ollama_urls],
-                **{name: [("127.0.0.1", stack.ports[name])] for name in SERVICES},
-            },
-        )
+    return envoyconf.without_filters(
+        stack_envoy_config(stack, port, admin), ["envoy.filters.http.ratelimit"]
     )
-    for listener in config["static_resources"]["listeners"]:
-        for chain in listener["filter_chains"]:
-            for flt in chain["filters"]:
-                hcm = flt["typed_config"]
-                hcm["http_filters"] = [
-                    f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ratelimit"
-                ]
-                for vhost in hcm["route_config"]["virtual_hosts"]:
-                    vhost.pop("rate_limits", None)
-    return config
 
 
 async def chat_rows(name: str, url: str, key: str, seconds: float, conc: int) -> list[Row]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import json
 import platform
 import time
@@ -101,9 +100,9 @@ async def load(
     return latencies, errors
 
 
-def raw_envoy_config(stack: Stack, port: int, admin: int) -> dict[str, Any]:
-    """The shipped config with every HTTP filter but the router removed, and no access log."""
-    rendered = envoyconf.render(
+def stack_envoy_config(stack: Stack, port: int, admin: int) -> dict[str, Any]:
+    """The shipped config, pointed at the stack's services and mock, on ``port``."""
+    return envoyconf.render(
         envoyconf.ENVOY_DIR / "envoy.yaml",
         port,
         admin,
@@ -112,23 +111,15 @@ def raw_envoy_config(stack: Stack, port: int, admin: int) -> dict[str, Any]:
             **{name: [("127.0.0.1", stack.ports[name])] for name in SERVICES},
         },
     )
-    config = copy.deepcopy(rendered)
-    for listener in config["static_resources"]["listeners"]:
-        for chain in listener["filter_chains"]:
-            for flt in chain["filters"]:
-                hcm = flt["typed_config"]
-                hcm["http_filters"] = [
-                    f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.router"
-                ]
-                hcm.pop("access_log", None)
-                for vhost in hcm["route_config"]["virtual_hosts"]:
-                    vhost.pop("rate_limits", None)
-                    vhost.pop("typed_per_filter_config", None)
-                    for route in vhost["routes"]:
-                        route.pop("typed_per_filter_config", None)
-                        if "route" in route:
-                            route["route"].pop("rate_limits", None)
-    return config
+
+
+def raw_envoy_config(stack: Stack, port: int, admin: int) -> dict[str, Any]:
+    """The shipped config with every HTTP filter but the router removed, and no access log."""
+    config = stack_envoy_config(stack, port, admin)
+    filters = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+    names = [f["name"] for f in filters[0]["typed_config"]["http_filters"]]
+    drop = [n for n in names if n != "envoy.filters.http.router"]
+    return envoyconf.without_filters(config, drop, access_log=False)
 
 
 def services_rss_mb(stack: Stack) -> float:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import copy
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -54,3 +55,33 @@ def render(
 def write(config: Mapping[str, Any], path: Path) -> Path:
     path.write_text(yaml.safe_dump(dict(config), sort_keys=False), encoding="utf-8")
     return path
+
+
+def without_filters(
+    config: Mapping[str, Any], drop: Iterable[str], access_log: bool = True
+) -> dict[str, Any]:
+    """A copy of ``config`` with the named HTTP filters removed, with their per-route and
+    per-virtual-host settings (and, unless ``access_log``, the access log): the benchmarks'
+    baselines, e.g. raw Envoy or the gateway minus one filter."""
+    names = set(drop)
+    result: dict[str, Any] = copy.deepcopy(dict(config))
+    for listener in result["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for flt in chain["filters"]:
+                hcm = flt["typed_config"]
+                hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] not in names]
+                if not access_log:
+                    hcm.pop("access_log", None)
+                for vhost in hcm["route_config"]["virtual_hosts"]:
+                    if "envoy.filters.http.ratelimit" in names:
+                        vhost.pop("rate_limits", None)
+                    for holder in [vhost, *vhost["routes"]]:
+                        per_filter = holder.get("typed_per_filter_config", {})
+                        for name in names:
+                            per_filter.pop(name, None)
+                        if not per_filter:
+                            holder.pop("typed_per_filter_config", None)
+                    for route in vhost["routes"]:
+                        if "route" in route and "envoy.filters.http.ratelimit" in names:
+                            route["route"].pop("rate_limits", None)
+    return result
