@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
+import pytest
 
 from authz import provisioning
+from devstack.processes import Proc
 from devstack.stack import Stack
 from gateway import apikeys
 
@@ -54,6 +56,14 @@ class Gateway:
                 await conn.close()
 
         return asyncio.run(run())
+
+    def managed(self, name: str) -> Proc:
+        """A component this stack started (to stop and start it again); skips the test when
+        it is external (``DATABASE_URL`` / ``REDIS_URL`` / ``OLLAMA_URL`` set)."""
+        proc = self.stack.procs.get(name)
+        if proc is None:
+            pytest.skip(f"{name} is an external instance, not started by the tests")
+        return proc
 
     def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
         return self._db(lambda conn: conn.fetch(query, *args))

@@ -73,7 +73,7 @@ def test_postgres_down_rows_are_buffered_and_written_when_it_returns(gw: Gateway
     who = caller(gw)
     assert chat(gw, who).status_code == 200  # the key is now cached by authz
     audit_rows(gw, who)
-    with stopped(gw.stack.procs["postgres"]):
+    with stopped(gw.managed("postgres")):
         statuses = [chat(gw, who).status_code for _ in range(10)]
         assert statuses == [200] * 10
         time.sleep(0.5)  # the writers are failing and retrying now
@@ -91,7 +91,7 @@ def test_full_buffer_switches_to_deny_mode_until_drained(gw: Gateway) -> None:
         assert chat(gw, who).status_code == 200
         audit_rows(gw, who)
         allowed = 1
-        with stopped(gw.stack.procs["postgres"]):
+        with stopped(gw.managed("postgres")):
             deadline = time.monotonic() + 15
             status = 200
             while status == 200 and time.monotonic() < deadline:
@@ -181,7 +181,7 @@ def test_accounting_restart_during_a_postgres_outage_loses_nothing(
         assert chat(gw, who).status_code == 200
         audit_rows(gw, who)
         accounting = gw.stack.procs["accounting"]
-        with stopped(gw.stack.procs["postgres"]):
+        with stopped(gw.managed("postgres")):
             for _ in range(5):
                 assert chat(gw, who).status_code == 200
             time.sleep(0.3)  # the access-log entries reach accounting

@@ -557,7 +557,7 @@ def test_probe_backends_reports_version_and_models(gw: Gateway, admin: Grpcurl) 
 
 def test_database_down_is_unavailable_and_changes_nothing(gw: Gateway, admin: Grpcurl) -> None:
     name = tenant_name()
-    postgres = gw.stack.procs["postgres"]
+    postgres = gw.managed("postgres")
     assert postgres.popen is not None
     # A fast shutdown (SIGINT): SIGTERM would wait for every client to disconnect first.
     os.killpg(postgres.popen.pid, signal.SIGINT)

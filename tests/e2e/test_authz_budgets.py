@@ -301,7 +301,7 @@ def test_redis_down_is_503_never_200(gw: Gateway) -> None:
 
     asyncio.run(burst())  # authz's Redis pool holds many connections now
     cold = caller(gw)
-    redis_proc = gw.stack.procs["redis"]
+    redis_proc = gw.managed("redis")
     redis_proc.stop()
     try:
         for who in (warm, cold):

@@ -245,7 +245,7 @@ def test_postgres_down_cached_keys_work_unknown_keys_get_503(gw: Gateway) -> Non
     cached = caller(gw)
     assert chat(gw, cached).status_code == 200
     unknown = caller(gw)  # valid, but never seen by authz
-    postgres = gw.stack.procs["postgres"]
+    postgres = gw.managed("postgres")
     assert postgres.popen is not None
     # Fast shutdown (SIGINT): the SIGTERM of stop() alone waits for every client to leave.
     os.kill(postgres.popen.pid, signal.SIGINT)

@@ -257,7 +257,7 @@ def test_no_discovered_model_means_no_model_resolves(gw: Gateway) -> None:
     if "mock_ollama" not in gw.stack.procs:
         pytest.skip("needs the mock to empty the backend")
     who = caller(gw)
-    mock = gw.stack.procs["mock_ollama"]
+    mock = gw.managed("mock_ollama")
     try:
         for name in upstream_models(gw):
             delete(gw, name)

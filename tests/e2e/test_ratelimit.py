@@ -377,7 +377,7 @@ def test_redis_stopped_fails_closed(gw: Gateway) -> None:
     key, _, _ = limited_key(gw, requests_per_minute=100)
     assert chat(gw, key).status_code == 200
     errors = metric(gw, "ratelimit_decisions_total", outcome="error")
-    redis_proc = gw.stack.procs["redis"]
+    redis_proc = gw.managed("redis")
     redis_proc.stop()
     try:
         assert chat(gw, key).status_code == 503
