@@ -21,6 +21,7 @@ import asyncio
 import json
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,30 @@ def raw_envoy_config(stack: Stack, port: int, admin: int) -> dict[str, Any]:
     return envoyconf.without_filters(config, drop, access_log=False)
 
 
+AUTHZ, RATELIMIT, EXT_PROC = (
+    "envoy.filters.http.ext_authz",
+    "envoy.filters.http.ratelimit",
+    "envoy.filters.http.ext_proc",
+)
+
+
+def baselines(
+    stack: Stack, breakdown: bool
+) -> list[tuple[str, Callable[[int, int], dict[str, Any]]]]:
+    """Envoys to compare the gateway with: raw (router only), and with --breakdown the gateway
+    with ext_authz only and with ext_authz + ratelimit (no access log in either)."""
+
+    def minus(drop: list[str]) -> Callable[[int, int], dict[str, Any]]:
+        return lambda port, admin: envoyconf.without_filters(
+            stack_envoy_config(stack, port, admin), drop, access_log=False
+        )
+
+    found = [("raw envoy", lambda port, admin: raw_envoy_config(stack, port, admin))]
+    if breakdown:
+        found += [("authz only", minus([RATELIMIT, EXT_PROC])), ("authz+rl", minus([EXT_PROC]))]
+    return found
+
+
 def services_rss_mb(stack: Stack) -> float:
     total = 0
     for name in SERVICES:
@@ -166,10 +191,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also measure Envoy with ext_authz only, and with ext_authz + ratelimit",
+    )
     args = parser.parse_args()
 
     stack = Stack(StackConfig(log_level="warning")).start()
-    raw: Proc | None = None
     try:
         gw = Gateway(stack)
         key = gw.new_key(
@@ -180,36 +209,39 @@ def main() -> None:
                 "budget_daily": 10**15,
             }
         )
-        port, admin = free_port(), free_port()
-        path = envoyconf.write(raw_envoy_config(stack, port, admin), stack.work_dir / "raw.yaml")
-        raw = Proc(
-            "envoy-raw",
-            [
-                envoy_bin(),
-                "-c",
-                str(path),
-                "--disable-hot-restart",
-                "--concurrency",
-                "2",
-                "-l",
-                "warning",
-            ],
-            stack.work_dir / "logs",
-            port=port,
-        )
-        raw.start()
-        rows = asyncio.run(
-            scenario_rows(
-                "raw envoy", f"http://127.0.0.1:{port}", "", args.seconds, args.concurrency
+        rows: list[Row] = []
+        for name, config in baselines(stack, args.breakdown):
+            port, admin = free_port(), free_port()
+            path = envoyconf.write(config(port, admin), stack.work_dir / f"{name}.yaml")
+            other = Proc(
+                f"envoy-{name.replace(' ', '-')}",
+                [
+                    envoy_bin(),
+                    "-c",
+                    str(path),
+                    "--disable-hot-restart",
+                    "--concurrency",
+                    "2",
+                    "-l",
+                    "warning",
+                ],
+                stack.work_dir / "logs",
+                port=port,
             )
-        )
+            other.start()
+            try:
+                rows += asyncio.run(
+                    scenario_rows(
+                        name, f"http://127.0.0.1:{port}", key, args.seconds, args.concurrency
+                    )
+                )
+            finally:
+                other.stop()
         rows += asyncio.run(
             scenario_rows("gateway", stack.listener, key, args.seconds, args.concurrency)
         )
         rss = services_rss_mb(stack)
     finally:
-        if raw is not None:
-            raw.stop()
         stack.stop()
 
     print(
@@ -226,14 +258,20 @@ def main() -> None:
             f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f}"
         )
     print("\noverhead of the gateway over raw Envoy:")
-    half = len(rows) // 2
-    for base, gate in zip(rows[:half], rows[half:], strict=True):
+    per_target = 3
+    raw_rows, gateway_rows = rows[:per_target], rows[-per_target:]
+    for base, gate in zip(raw_rows, gateway_rows, strict=True):
         print(
             f"  {gate.scenario:<16} p50 +{gate.p50_ms - base.p50_ms:.2f} ms "
             f"(x{gate.p50_ms / base.p50_ms:.2f}), p99 +{gate.p99_ms - base.p99_ms:.2f} ms "
             f"(x{gate.p99_ms / base.p99_ms:.2f}), throughput x{gate.rps / base.rps:.2f}"
         )
     print(f"  services RSS after load: {rss:.0f} MB ({', '.join(SERVICES)})")
+    if args.breakdown:
+        print("\nwhere the time goes (chat c=1, p50 added over raw Envoy):")
+        for r in rows[per_target:]:
+            if r.scenario == "chat c=1":
+                print(f"  {r.target:<16} +{r.p50_ms - raw_rows[0].p50_ms:.2f} ms")
     if args.json:
         Path(args.json).write_text(
             json.dumps({"rows": [asdict(r) for r in rows], "services_rss_mb": rss}, indent=2)
