@@ -13,7 +13,6 @@ from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
-from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
@@ -61,25 +60,15 @@ _FLAG_CODES = {
 
 # -- ext_proc --------------------------------------------------------------------------
 
-# What Envoy sends for a request accounting has seen: the buffered request body (rewriting),
-# the response headers and every response body chunk as it streams. Envoy's own config sends
-# only request headers, so local replies of earlier filters never reach accounting.
-_ACCOUNTED = processing_mode_pb2.ProcessingMode(
-    request_header_mode=processing_mode_pb2.ProcessingMode.SEND,
-    request_body_mode=processing_mode_pb2.ProcessingMode.BUFFERED,
-    request_trailer_mode=processing_mode_pb2.ProcessingMode.SKIP,
-    response_header_mode=processing_mode_pb2.ProcessingMode.SEND,
-    response_body_mode=processing_mode_pb2.ProcessingMode.STREAMED,
-    response_trailer_mode=processing_mode_pb2.ProcessingMode.SKIP,
-)
-
-
-def _headers(header_map: Any) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for hv in header_map.headers:
-        value = hv.raw_value.decode("latin-1") if hv.raw_value else hv.value
-        out.setdefault(hv.key.lower(), value)
-    return out
+# Envoy's config (envoy.yaml) sends accounting the buffered request body (with authz's
+# metadata, which names the request) and every response body chunk as it streams: no headers,
+# no round trip that only says "go on". The first response chunk carries the status as the
+# ``response.code`` attribute; the framing follows from the request; Envoy itself drops the
+# content-length of a body accounting may change (streamed response, request headers sent on
+# before the body). Local replies of the filters before ext_proc never reach accounting: a
+# matcher in envoy.yaml skips the filter for requests authz did not admit or the RLS refused.
+_ATTRIBUTES = "envoy.filters.http.ext_proc"
+_STATUS = "response.code"
 
 
 def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
@@ -88,27 +77,29 @@ def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
     return result
 
 
-def _authz_metadata(req: Any) -> dict[str, Any] | None:
+def _status(req: Any) -> int:
+    """The response status from the message's attributes (0: not sent)."""
+    if _ATTRIBUTES not in req.attributes:
+        return 0
+    value = req.attributes[_ATTRIBUTES].fields.get(_STATUS)
+    return int(value.number_value) if value is not None else 0
+
+
+def _request_info(req: Any) -> RequestInfo:
+    """What authz decided about the request, from its metadata (forwarded by Envoy with every
+    message); authz's ``request_id`` is Envoy's x-request-id."""
     filter_metadata = req.metadata_context.filter_metadata
-    if AUTHZ_NAMESPACE not in filter_metadata:
-        return None
-    values: dict[str, Any] = json_format.MessageToDict(filter_metadata[AUTHZ_NAMESPACE])
-    return values
+    values: dict[str, Any] = {}
+    if AUTHZ_NAMESPACE in filter_metadata:
+        values = json_format.MessageToDict(filter_metadata[AUTHZ_NAMESPACE])
+    request_id = values.get("request_id")
+    return RequestInfo.from_metadata(request_id if isinstance(request_id, str) else "", values)
 
 
-def _set_header(name: str, value: str) -> Any:
-    return base_pb2.HeaderValueOption(
-        header=base_pb2.HeaderValue(key=name, raw_value=value.encode("latin-1")),
-        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-    )
-
-
-def _body_response(new_body: bytes | None, headers: dict[str, str] | None = None) -> Any:
+def _body_response(new_body: bytes | None) -> Any:
     common = ep.CommonResponse()
     if new_body is not None:
         common.body_mutation.body = new_body
-    if headers:
-        common.header_mutation.set_headers.extend(_set_header(k, v) for k, v in headers.items())
     return ep.BodyResponse(response=common)
 
 
@@ -122,59 +113,24 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         account: StreamAccount | None = None
-        metadata: dict[str, Any] = {}
         submitted = False
         try:
             async for req in request_iterator:
                 kind = req.WhichOneof("request")
-                if account is None:
-                    # authz's metadata is complete before the request reaches us; decoding it
-                    # once (not on every body chunk) keeps the per-chunk cost down.
-                    found = _authz_metadata(req)
-                    if found:
-                        metadata.update(found)
-                if kind == "request_headers":
-                    headers = _headers(req.request_headers.headers)
-                    path = headers.get(":path", "").split("?", 1)[0]
-                    info = RequestInfo.from_metadata(
-                        headers.get("x-request-id", ""), {"endpoint": path, **metadata}
-                    )
-                    account = StreamAccount(info)
-                    yield ep.ProcessingResponse(
-                        request_headers=ep.HeadersResponse(), mode_override=_ACCOUNTED
-                    )
-                elif kind == "request_body":
+                if kind == "request_body":
                     if account is None:
-                        account = StreamAccount(RequestInfo.from_metadata("", metadata))
+                        account = StreamAccount(_request_info(req))
                     new_body = account.request_body(req.request_body.body)
-                    fix = None if new_body is None else {"content-length": str(len(new_body))}
-                    yield ep.ProcessingResponse(request_body=_body_response(new_body, fix))
-                elif kind == "response_headers":
-                    if account is None:
-                        # A local reply (e.g. an ext_authz denial) passing through the
-                        # encoder: no request was processed, nothing to account.
-                        yield ep.ProcessingResponse(response_headers=ep.HeadersResponse())
-                        continue
-                    headers = _headers(req.response_headers.headers)
-                    status = int(headers.get(":status", "0") or 0)
-                    account.response_headers(status, headers.get("content-type", ""))
-                    common = ep.CommonResponse()
-                    if account.strip_usage:
-                        # The client's stream will be shorter than the backend's.
-                        common.header_mutation.remove_headers.append("content-length")
-                    response = ep.ProcessingResponse(
-                        response_headers=ep.HeadersResponse(response=common)
-                    )
-                    if req.response_headers.end_of_stream:
-                        response.dynamic_metadata.CopyFrom(_struct(account.metadata()))
-                        self._submit(account.outcome(cut=False))
-                        submitted = True
-                    yield response
+                    yield ep.ProcessingResponse(request_body=_body_response(new_body))
                 elif kind == "response_body":
+                    body = req.response_body
                     if account is None:
+                        # A response to a request accounting never saw (an error Envoy
+                        # answered before the body reached ext_proc): nothing to account.
                         yield ep.ProcessingResponse(response_body=ep.BodyResponse())
                         continue
-                    body = req.response_body
+                    if not account.started:
+                        account.response_start(_status(req), body.body)
                     out = account.response_chunk(body.body, body.end_of_stream)
                     response = ep.ProcessingResponse(response_body=_body_response(out))
                     if body.end_of_stream or account.final:
@@ -183,6 +139,12 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                         self._submit(account.outcome(cut=False))
                         submitted = True
                     yield response
+                # Headers and trailers are never sent (processing_mode in envoy.yaml); should a
+                # config send them, they pass unchanged.
+                elif kind == "request_headers":
+                    yield ep.ProcessingResponse(request_headers=ep.HeadersResponse())
+                elif kind == "response_headers":
+                    yield ep.ProcessingResponse(response_headers=ep.HeadersResponse())
                 elif kind == "request_trailers":
                     yield ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
                 elif kind == "response_trailers":

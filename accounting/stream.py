@@ -114,8 +114,9 @@ def _prompt_text(body: Any) -> str:
 
 
 class StreamAccount:
-    """Feed it the request body, the response status and content type, then each body chunk;
-    it answers the bytes to send on (or None: unchanged) and, at the end, the Outcome."""
+    """Feed it the request body, the response's start (status and content type, or status and
+    first bytes), then each body chunk; it answers the bytes to send on (or None: unchanged)
+    and, at the end, the Outcome."""
 
     def __init__(self, info: RequestInfo) -> None:
         self.info = info
@@ -130,6 +131,7 @@ class StreamAccount:
         self._json_overflow = False
         self._done = False  # [DONE] seen (OpenAI streams)
         self._ended = False
+        self._started = False  # response status and framing known
 
     # -- request -------------------------------------------------------------------------
 
@@ -153,15 +155,42 @@ class StreamAccount:
 
     # -- response ------------------------------------------------------------------------
 
+    @property
+    def started(self) -> bool:
+        """The response's status and framing are known."""
+        return self._started
+
     def response_headers(self, status: int, content_type: str) -> None:
-        self.status = status
+        """Start the response from its headers: the status and the framing its content type
+        names."""
         ctype = content_type.split(";", 1)[0].strip().lower()
+        framing = ""
         if ctype == "text/event-stream":
-            self._framing = "sse"
+            framing = "sse"
         elif ctype in ("application/x-ndjson", "application/ndjson"):
-            self._framing = "ndjson"
+            framing = "ndjson"
         elif ctype == "application/json" or ctype.endswith("+json"):
-            self._framing = "json"
+            framing = "json"
+        self._start(status, framing)
+
+    def response_start(self, status: int, first: bytes) -> None:
+        """Start the response without its headers (Envoy sends accounting none): the status
+        comes from Envoy's ``response.code`` attribute, the framing from the endpoint, the
+        request's stream flag and the first body bytes. A refusal (4xx/5xx) or a body that is
+        one JSON value is whole JSON; a stream is SSE on the OpenAI-style routes and NDJSON on
+        Ollama's native ones."""
+        if status >= 400 or not self.info.stream:
+            framing = "json"
+        elif self.info.endpoint.startswith("/v1/"):
+            framing = "json" if first.lstrip().startswith(b"{") else "sse"
+        else:
+            framing = "ndjson"
+        self._start(status, framing)
+
+    def _start(self, status: int, framing: str) -> None:
+        self._started = True
+        self.status = status
+        self._framing = framing
         if status >= 400:
             self._tally.error = self._tally.error or f"http {status}"
         if not self.strip_usage or self._framing != "sse":

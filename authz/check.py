@@ -148,6 +148,7 @@ class Authorizer:
             # Run under what the budget has left: the reservation is the upper bound.
             cap = min(cap, max(1, admission.reserved - body.prompt_estimate))
         meta.update(
+            request_id=request_id,
             model=model,
             stream=body.stream,
             rl=rate_overrides(principal),

@@ -41,6 +41,10 @@ def to_request(message: Any) -> RateLimitRequest:
     )
 
 
+# Dynamic metadata of a refusal (docs/CONTRACTS.md).
+REFUSED_METADATA = {"refused": True}
+
+
 def _duration(ms: int) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
 
@@ -59,7 +63,7 @@ def to_response(decision: Decision) -> Any:
             status.limit_remaining = s.remaining
             status.duration_until_reset.CopyFrom(_duration(s.reset_ms))
         statuses.append(status)
-    return _Response(
+    response = _Response(
         overall_code=_Response.OVER_LIMIT if decision.over else _Response.OK,
         statuses=statuses,
         response_headers_to_add=[
@@ -67,6 +71,11 @@ def to_response(decision: Decision) -> Any:
         ],
         raw_body=decision.body,
     )
+    if decision.over:
+        # Envoy's ratelimit filter stores it as dynamic metadata (envoy.filters.http.ratelimit):
+        # the 429 skips accounting's ext_proc (envoy.yaml), which never saw the request.
+        response.dynamic_metadata.update(REFUSED_METADATA)
+    return response
 
 
 class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]

@@ -276,3 +276,42 @@ def test_include_usage_added_only_to_streams_without_it() -> None:
 def test_non_json_body_passes_unchanged() -> None:
     result = rewrite.rewrite(b"not json", limits("/api/chat"))
     assert result.body is None and not result.strip_usage
+
+
+def feed_headerless(acc: StreamAccount, status: int, chunks: list[bytes]) -> bytes:
+    """Run the response through as Envoy sends it to accounting: no response headers, the
+    status with the first body chunk."""
+    out = b""
+    for i, chunk in enumerate(chunks):
+        if not acc.started:
+            acc.response_start(status, chunk)
+        passed = acc.response_chunk(chunk, i == len(chunks) - 1)
+        out += chunk if passed is None else passed
+    return out
+
+
+def test_headerless_native_stream_and_whole_json() -> None:
+    acc = account("/api/chat", CHAT, stream=True)
+    feed_headerless(acc, 200, [native_stream(5)])
+    assert (acc.counts().tokens_in, acc.counts().tokens_out) == (4, 5)
+    whole = {"message": {"content": "hi"}, "done": True, "prompt_eval_count": 7, "eval_count": 2}
+    acc = account("/api/chat", {**CHAT, "stream": False}, stream=False)
+    feed_headerless(acc, 200, [json.dumps(whole).encode()[:20], json.dumps(whole).encode()[20:]])
+    assert (acc.counts().tokens_in, acc.counts().tokens_out) == (7, 2)
+
+
+def test_headerless_openai_stream_drops_the_usage_it_added() -> None:
+    acc = account("/v1/chat/completions", {**CHAT, "stream": True}, stream=True)
+    assert acc.strip_usage
+    out = feed_headerless(acc, 200, openai_chunks(3, usage=True))
+    assert b'"usage"' not in out and out.endswith(b"data: [DONE]\n\n")
+    assert (acc.counts().tokens_in, acc.counts().tokens_out) == (4, 3)
+
+
+@pytest.mark.parametrize("status", [200, 400, 503])
+def test_headerless_json_answer_to_a_stream_request_passes_unchanged(status: int) -> None:
+    acc = account("/v1/chat/completions", {**CHAT, "stream": True}, stream=True)
+    body = b'{"error": {"message": "nope", "type": "invalid_request_error"}}'
+    assert feed_headerless(acc, status, [body[:10], body[10:]]) == body
+    if status >= 400:
+        assert (acc.counts().tokens_in, acc.counts().tokens_out) == (0, 0)

@@ -89,3 +89,11 @@ def test_durations_are_written_as_openai_writes_them() -> None:
         "6m0s",
         "1h2m3s",
     ]
+
+
+def test_only_a_refusal_carries_the_refused_metadata() -> None:
+    """envoy.yaml skips accounting's ext_proc for the 429 by this metadata."""
+    over = to_response(Decision(over=True, statuses=[Status(over=True)]))
+    assert dict(over.dynamic_metadata) == {"refused": True}
+    ok = to_response(Decision(over=False, statuses=[Status(over=False)]))
+    assert not ok.HasField("dynamic_metadata")
