@@ -34,7 +34,7 @@ import psutil
 from accounting import audit
 from bench.run import CHAT, percentile, stack_envoy_config
 from devstack import envoyconf
-from devstack.processes import Proc, envoy_bin, free_port
+from devstack.processes import Proc, envoy_argv, free_port
 from devstack.stack import Stack, StackConfig
 from tests.gateway_client import Gateway
 
@@ -184,7 +184,7 @@ def main() -> None:
         path = envoyconf.write(config, stack.work_dir / "no-accounting.yaml")
         bare = Proc(
             "envoy-no-accounting",
-            [envoy_bin(), "-c", str(path), "--disable-hot-restart", "--concurrency", "2"],
+            envoy_argv(path),
             stack.work_dir / "logs",
             port=port,
         )

@@ -31,7 +31,7 @@ from envoy.type.v3 import ratelimit_unit_pb2
 
 from bench.run import CHAT, Row, load, percentile, stack_envoy_config
 from devstack import envoyconf
-from devstack.processes import Proc, envoy_bin, free_port
+from devstack.processes import Proc, envoy_argv, free_port
 from devstack.stack import Stack, StackConfig
 from tests.gateway_client import Gateway
 
@@ -174,7 +174,7 @@ def main() -> None:
         )
         other = Proc(
             "envoy-no-ratelimit",
-            [envoy_bin(), "-c", str(path), "--disable-hot-restart", *("-l", "warning")],
+            envoy_argv(path),
             stack.work_dir / "logs",
             port=port,
         )

