@@ -929,9 +929,21 @@ class _Handlers:
                 ],
             }
 
+        return await self.openai_stream(request, plan, chunk, usage if include_usage else None)
+
+    async def openai_stream(
+        self,
+        request: web.Request,
+        plan: _Plan,
+        chunk: Callable[[str, str | None], JSONObj],
+        usage: JSONObj | None,
+    ) -> web.StreamResponse:
+        """An OpenAI SSE stream: a chunk per token, the finish chunk, the usage chunk (only when
+        the client set ``stream_options.include_usage``), then ``data: [DONE]``."""
+
         def done() -> bytes:
             out = _sse(chunk("", "stop"))
-            if include_usage:
+            if usage is not None:
                 last = chunk("", "stop")
                 last["choices"] = []
                 last["usage"] = usage
@@ -1006,25 +1018,7 @@ class _Handlers:
                 out["usage"] = zero
             return out
 
-        def done() -> bytes:
-            out = _sse(chunk("", "stop"))
-            if include_usage:
-                last = chunk("", "stop")
-                last["choices"] = []
-                last["usage"] = usage
-                out += _sse(last)
-            return out + b"data: [DONE]\n\n"
-
-        return await self.pump(
-            request,
-            plan,
-            _Renderer(
-                content_type=_SSE_CT,
-                token=lambda _i, piece: _sse(chunk(piece, None)),
-                done=done,
-                error=lambda: self._openai_error_bytes(MOCK_ERROR),
-            ),
-        )
+        return await self.openai_stream(request, plan, chunk, usage if include_usage else None)
 
     async def openai_embeddings(self, request: web.Request) -> web.StreamResponse:
         body = self.body("openai.EmbedRequest", "EOF")
