@@ -154,6 +154,19 @@ def _db_error(exc: asyncpg.PostgresError) -> ProvisioningError:
 # -- tenants --------------------------------------------------------------------------------
 
 
+async def _insert_limits(
+    conn: Connection, table: str, owner_column: str, owner_id: str, values: dict[str, Any]
+) -> None:
+    """The limits row of a new tenant or key; ``values`` are already checked column names."""
+    cols = [owner_column, *values]
+    params = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
+    await conn.execute(
+        f"INSERT INTO gateway.{table} ({', '.join(cols)}) VALUES ({params})",  # noqa: S608
+        owner_id,
+        *values.values(),
+    )
+
+
 async def create_tenant(
     conn: Conn,
     name: str,
@@ -187,13 +200,7 @@ async def create_tenant(
                 models,
                 allow_cloud,
             )
-            cols = ["tenant_id", *values]
-            params = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
-            await conn.execute(
-                f"INSERT INTO gateway.tenant_limits ({', '.join(cols)}) VALUES ({params})",  # noqa: S608
-                tenant_id,
-                *values.values(),
-            )
+            await _insert_limits(conn, "tenant_limits", "tenant_id", tenant_id, values)
     except asyncpg.UniqueViolationError:
         raise AlreadyExists(f"tenant {name!r} already exists") from None
     except asyncpg.PostgresError as exc:
@@ -332,13 +339,7 @@ async def create_key(
                 prompt_log,
                 expires_at,
             )
-            cols = ["key_id", *values]
-            params = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
-            await conn.execute(
-                f"INSERT INTO gateway.key_limits ({', '.join(cols)}) VALUES ({params})",  # noqa: S608
-                key_id,
-                *values.values(),
-            )
+            await _insert_limits(conn, "key_limits", "key_id", key_id, values)
     except asyncpg.PostgresError as exc:
         raise _db_error(exc) from None
     return CreatedKey(key_id=key_id, prefix=new.prefix, full_key=new.full)
