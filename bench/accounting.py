@@ -32,9 +32,9 @@ import asyncpg
 import psutil
 
 from accounting import audit
-from bench.run import CHAT, percentile, stack_envoy_config
+from bench.run import BENCH_TENANT, CHAT, percentile, stack_envoy_config, start_envoy
 from devstack import envoyconf
-from devstack.processes import Proc, envoy_argv, free_port
+from devstack.processes import Proc
 from devstack.stack import Stack, StackConfig
 from tests.gateway_client import Gateway
 
@@ -171,28 +171,14 @@ def main() -> None:
     bare: Proc | None = None
     try:
         gw = Gateway(stack)
-        key = gw.new_key(
-            tenant={
-                "requests_per_minute": 10_000_000,
-                "tokens_per_minute": 1_000_000_000,
-                "max_concurrent": 10_000,
-                "budget_daily": 10**15,
-            }
+        key = gw.new_key(tenant=BENCH_TENANT)
+        bare, url = start_envoy(
+            stack, "no accounting", lambda port, admin: without_accounting(stack, port, admin)
         )
-        port, admin = free_port(), free_port()
-        config = without_accounting(stack, port, admin)
-        path = envoyconf.write(config, stack.work_dir / "no-accounting.yaml")
-        bare = Proc(
-            "envoy-no-accounting",
-            envoy_argv(path),
-            stack.work_dir / "logs",
-            port=port,
-        )
-        bare.start()
         without = asyncio.run(
             stream_rows(
                 "no ext_proc",
-                f"http://127.0.0.1:{port}",
+                url,
                 key,
                 args.seconds,
                 args.concurrency,

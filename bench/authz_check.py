@@ -39,6 +39,7 @@ from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, exte
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authz import provisioning
+from bench.run import percentile
 from devstack.stack import Stack, StackConfig
 from gateway import apikeys, budgets, slots
 
@@ -66,13 +67,6 @@ class Key:
     tenant_id: str
     key_id: str
     full: str
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def check_request(key: str, method: str, path: str, body: bytes, request_id: str) -> Any:

@@ -29,9 +29,9 @@ from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from envoy.type.v3 import ratelimit_unit_pb2
 
-from bench.run import CHAT, Row, load, percentile, stack_envoy_config
+from bench.run import BENCH_TENANT, CHAT, Row, load, stack_envoy_config, start_envoy
 from devstack import envoyconf
-from devstack.processes import Proc, envoy_argv, free_port
+from devstack.processes import Proc
 from devstack.stack import Stack, StackConfig
 from tests.gateway_client import Gateway
 
@@ -77,7 +77,9 @@ async def rls_rows(target: str, request: Any, seconds: float, concurrency: int) 
             await asyncio.gather(
                 *(_decide_until(stub, request, deadline, latencies, errors) for _ in range(conc))
             )
-            rows.append(_row("rls", f"decide c={conc}", conc, latencies, len(errors), seconds))
+            rows.append(
+                Row.measured("rls", f"decide c={conc}", conc, latencies, len(errors), seconds)
+            )
     return rows
 
 
@@ -95,21 +97,6 @@ async def _decide_until(
             errors.append(1)
 
 
-def _row(
-    target: str, scenario: str, conc: int, lat: list[float], errors: int, seconds: float
-) -> Row:
-    return Row(
-        target=target,
-        scenario=scenario,
-        concurrency=conc,
-        requests=len(lat),
-        errors=errors,
-        rps=len(lat) / seconds,
-        p50_ms=percentile(lat, 0.5) * 1000,
-        p99_ms=percentile(lat, 0.99) * 1000,
-    )
-
-
 def without_ratelimit(stack: Stack, port: int, admin: int) -> dict[str, Any]:
     """The shipped config with the ratelimit filter and the descriptors removed."""
     return envoyconf.without_filters(
@@ -123,7 +110,7 @@ async def chat_rows(name: str, url: str, key: str, seconds: float, conc: int) ->
     rows = []
     for c in (1, conc):
         lat, errors = await load(f"{url}/api/chat", headers, CHAT, c, seconds)
-        rows.append(_row(name, f"chat c={c}", c, lat, errors, seconds))
+        rows.append(Row.measured(name, f"chat c={c}", c, lat, errors, seconds))
     return rows
 
 
@@ -138,13 +125,7 @@ def main() -> None:
     other: Proc | None = None
     try:
         gw = Gateway(stack)
-        tenant_id, _ = gw.tenant(
-            allow_all=True,
-            requests_per_minute=BIG,
-            tokens_per_minute=BIG,
-            max_concurrent=10_000,
-            budget_daily=10**15,
-        )
+        tenant_id, _ = gw.tenant(allow_all=True, **BENCH_TENANT)
         created = gw.key(tenant_id)
         target = f"127.0.0.1:{stack.ports['ratelimit']}"
         rows = asyncio.run(
@@ -168,21 +149,13 @@ def main() -> None:
             row.scenario += " (no limits)"
         rows += unlimited
 
-        port, admin = free_port(), free_port()
-        path = envoyconf.write(
-            without_ratelimit(stack, port, admin), stack.work_dir / "no-ratelimit.yaml"
+        other, url = start_envoy(
+            stack, "no ratelimit", lambda port, admin: without_ratelimit(stack, port, admin)
         )
-        other = Proc(
-            "envoy-no-ratelimit",
-            envoy_argv(path),
-            stack.work_dir / "logs",
-            port=port,
-        )
-        other.start()
         base = asyncio.run(
             chat_rows(
                 "no filter",
-                f"http://127.0.0.1:{port}",
+                url,
                 created.full_key,
                 args.seconds,
                 args.concurrency,

@@ -54,6 +54,30 @@ class Row:
     p50_ms: float
     p99_ms: float
 
+    @classmethod
+    def measured(
+        cls, target: str, scenario: str, conc: int, lat: list[float], errors: int, seconds: float
+    ) -> Row:
+        return cls(
+            target=target,
+            scenario=scenario,
+            concurrency=conc,
+            requests=len(lat),
+            errors=errors,
+            rps=len(lat) / seconds,
+            p50_ms=percentile(lat, 0.5) * 1000,
+            p99_ms=percentile(lat, 0.99) * 1000,
+        )
+
+
+# Every check on, none binding: the limits a benchmark tenant runs under.
+BENCH_TENANT: dict[str, Any] = {
+    "requests_per_minute": 10_000_000,
+    "tokens_per_minute": 1_000_000_000,
+    "max_concurrent": 10_000,
+    "budget_daily": 10**15,
+}
+
 
 def percentile(values: list[float], q: float) -> float:
     if not values:
@@ -147,6 +171,19 @@ def baselines(
     return found
 
 
+def start_envoy(
+    stack: Stack, name: str, config: Callable[[int, int], dict[str, Any]]
+) -> tuple[Proc, str]:
+    """A second Envoy beside the stack's, from ``config(listener_port, admin_port)``: the
+    process (stop it when done) and its base URL."""
+    port, admin = free_port(), free_port()
+    slug = name.replace(" ", "-")
+    path = envoyconf.write(config(port, admin), stack.work_dir / f"{slug}.yaml")
+    proc = Proc(f"envoy-{slug}", envoy_argv(path), stack.work_dir / "logs", port=port)
+    proc.start()
+    return proc, f"http://127.0.0.1:{port}"
+
+
 def services_rss_mb(stack: Stack) -> float:
     total = 0
     for name in SERVICES:
@@ -171,18 +208,7 @@ async def scenario_rows(
         ("stream TTFB c=1", STREAM, 1, True),
     ):
         lat, errors = await load(f"{url}/api/chat", headers, body, conc, seconds, first_byte)
-        rows.append(
-            Row(
-                target=name,
-                scenario=scenario,
-                concurrency=conc,
-                requests=len(lat),
-                errors=errors,
-                rps=len(lat) / seconds,
-                p50_ms=percentile(lat, 0.5) * 1000,
-                p99_ms=percentile(lat, 0.99) * 1000,
-            )
-        )
+        rows.append(Row.measured(name, scenario, conc, lat, errors, seconds))
     return rows
 
 
@@ -203,34 +229,18 @@ def main() -> None:
         gw = Gateway(stack)
 
         def bench_key() -> str:
-            # Every check on, none binding. A fresh tenant per target: the baselines without
-            # accounting never release their slots or reservations, which must not count
-            # against the gateway's run.
-            return gw.new_key(
-                tenant={
-                    "requests_per_minute": 10_000_000,
-                    "tokens_per_minute": 1_000_000_000,
-                    "max_concurrent": 10_000,
-                    "budget_daily": 10**15,
-                }
-            )
+            # A fresh tenant per target: the baselines without accounting never release their
+            # slots or reservations, which must not count against the gateway's run.
+            return gw.new_key(tenant=BENCH_TENANT)
 
         rows: list[Row] = []
         for name, config in baselines(stack, args.breakdown):
-            port, admin = free_port(), free_port()
-            path = envoyconf.write(config(port, admin), stack.work_dir / f"{name}.yaml")
-            other = Proc(
-                f"envoy-{name.replace(' ', '-')}",
-                envoy_argv(path),
-                stack.work_dir / "logs",
-                port=port,
-            )
-            other.start()
+            other, url = start_envoy(stack, name, config)
             try:
                 rows += asyncio.run(
                     scenario_rows(
                         name,
-                        f"http://127.0.0.1:{port}",
+                        url,
                         bench_key(),
                         args.seconds,
                         args.concurrency,
