@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -40,8 +42,17 @@ def _demo_key(admin_addr: str, token: str) -> str:
     return str(created.full_key)
 
 
+def _cli() -> str:
+    """The CLI as a command that works when pasted into any shell: its full path."""
+    beside = Path(sys.executable).parent / "neuronetz-gateway"
+    if beside.exists():
+        return shlex.quote(str(beside))
+    return f"{shlex.quote(sys.executable)} -m gateway.cli"
+
+
 def _banner(stack: Stack, key: str) -> str:
     url = stack.listener
+    cli = _cli()
     model = "llama3.2" if not stack.config.ollama_urls else "<model>"
     return f"""
 neuronetz-gateway is up.
@@ -64,8 +75,8 @@ Try it:
   curl -i {url}/api/pull -H 'Authorization: Bearer {key}' -d '{{"model": "{model}"}}'
   # the admin API (docs/OPERATIONS.md): the CLI, or grpcurl with the same token
   export NZ_ADMIN_ADDR=127.0.0.1:{stack.ports["admin"]} NZ_ADMIN_TOKEN={stack.admin_token}
-  neuronetz-gateway list-keys --tenant demo
-  neuronetz-gateway show-usage --tenant demo --period daily --by model
+  {cli} list-keys --tenant demo
+  {cli} show-usage --tenant demo --period daily --by model
 
 Ctrl-C stops everything this command started.
 """
@@ -95,6 +106,9 @@ def run_dev(args: argparse.Namespace) -> int:
             "ollama_urls": stack.ollama_urls,
             "envoy_admin": stack.envoy_admin,
             "logs": str(stack.work_dir / "logs"),
+            "cli": _cli(),
+            # Every process this command started (all stop on Ctrl-C / SIGTERM).
+            "pids": {name: proc.popen.pid for name, proc in stack.procs.items() if proc.popen},
         }
         if args.state_file:
             Path(args.state_file).write_text(json.dumps(state, indent=2), encoding="utf-8")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping, Sequence
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
-ENVOY_DIR = Path(__file__).resolve().parent.parent / "envoy"
+# The shipped configs (envoy/, package data of `gateway`): what the local stack renders.
+ENVOY_DIR: Traversable = files("gateway") / "envoy"
 
 
 def url_endpoint(url: str) -> tuple[str, int]:
@@ -20,7 +23,7 @@ def url_endpoint(url: str) -> tuple[str, int]:
 
 
 def render(
-    source: Path,
+    source: Traversable,
     listener_port: int,
     admin_port: int,
     clusters: Mapping[str, Sequence[tuple[str, int]]],

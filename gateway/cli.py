@@ -28,15 +28,36 @@ def _run_service(name: str) -> int:
     return 0
 
 
-def _migrate(_: argparse.Namespace) -> int:
+def _migrate(args: argparse.Namespace) -> int:
     from gateway import migrate
 
-    applied = asyncio.run(migrate.apply(load_settings().database_url))
+    url = load_settings().database_url
+    try:
+        if args.status:
+            states = asyncio.run(migrate.status(url))
+            for row in states:
+                when = row.applied_at.isoformat(timespec="seconds") if row.applied_at else "-"
+                print(f"{row.state:<8} {row.name}  {when}")
+            return 1 if any(row.state == "changed" for row in states) else 0
+        applied = asyncio.run(migrate.apply(url))
+    except migrate.MigrationError as exc:
+        print(f"migrate: {exc}", file=sys.stderr)
+        return 1
     print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
     return 0
 
 
 def _dev(args: argparse.Namespace) -> int:
+    from devstack.processes import missing_local_extra
+
+    missing = missing_local_extra()
+    if missing:
+        print(
+            "dev: the local stack needs " + ", ".join(missing) + ": "
+            "pip install 'neuronetz-gateway[local]' (scripts/dev does this)",
+            file=sys.stderr,
+        )
+        return 1
     from devstack.dev import run_dev
 
     return run_dev(args)
@@ -48,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name in SERVICE_MODULES:
         p = sub.add_parser(name, help=f"run the {name} gRPC service")
         p.set_defaults(func=lambda a, n=name: _run_service(n))
-    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
+    migrate = sub.add_parser("migrate", help="apply the database migrations this package ships")
+    migrate.add_argument(
+        "--status", action="store_true", help="list applied and pending migrations, apply none"
+    )
+    migrate.set_defaults(func=_migrate)
     dev = sub.add_parser("dev", help="run the whole gateway locally on embedded defaults")
     dev.add_argument(
         "--ollama-url",

@@ -1,18 +1,23 @@
-"""Apply ``migrations/*.sql`` in order, idempotently, under an advisory lock.
+"""Apply the shipped migrations (``migrations/*.sql``) in order, idempotently, under an advisory
+lock; list what is applied and pending.
 
-Each applied file is recorded with its SHA-256; a file changed after it was applied is refused
-(write a new migration instead).
+The SQL files ship inside the package (``gateway/migrations``, package data) and are read through
+``importlib.resources``, so an installed wheel finds them from any working directory. Each
+applied file is recorded with its SHA-256; a file changed after it was applied is refused
+(write a new migration instead). Finding no migration at all is an error, never "up to date".
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
+from datetime import datetime
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
 import asyncpg
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+SHIPPED: Traversable = files("gateway") / "migrations"
 _LOCK_ID = 0x6E7A_6777  # "nzgw"
 
 
@@ -30,15 +35,62 @@ class Migration:
         return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
 
 
-def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    return [
-        Migration(path.name, path.read_text(encoding="utf-8"))
-        for path in sorted(directory.glob("*.sql"))
-    ]
+@dataclass(frozen=True)
+class MigrationState:
+    name: str
+    state: str  # "applied", "pending", "changed" (edited after it was applied), "unknown"
+    applied_at: datetime | None
 
 
-async def apply(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+def discover(directory: Traversable = SHIPPED) -> list[Migration]:
+    """The migrations in ``directory``, in name order; none at all is an error."""
+    found = (
+        sorted((p for p in directory.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
+        if directory.is_dir()
+        else []
+    )
+    if not found:
+        raise MigrationError(
+            f"no migration files (*.sql) in {directory}: the package is incomplete; "
+            "reinstall neuronetz-gateway"
+        )
+    return [Migration(p.name, p.read_text(encoding="utf-8")) for p in found]
+
+
+async def _recorded(conn: asyncpg.Connection) -> dict[str, asyncpg.Record]:
+    exists = await conn.fetchval("SELECT to_regclass('gateway.schema_migrations') IS NOT NULL")
+    if not exists:
+        return {}
+    rows = await conn.fetch("SELECT name, checksum, applied_at FROM gateway.schema_migrations")
+    return {row["name"]: row for row in rows}
+
+
+async def status(database_url: str, directory: Traversable = SHIPPED) -> list[MigrationState]:
+    """Every shipped migration as applied / pending / changed, then any recorded migration
+    this package does not ship (``unknown``: the database is newer than this install)."""
+    migrations = discover(directory)
+    conn = await asyncpg.connect(database_url)
+    try:
+        recorded = await _recorded(conn)
+    finally:
+        await conn.close()
+    states = []
+    for migration in migrations:
+        row = recorded.pop(migration.name, None)
+        if row is None:
+            states.append(MigrationState(migration.name, "pending", None))
+        else:
+            same = row["checksum"] == migration.checksum
+            states.append(
+                MigrationState(migration.name, "applied" if same else "changed", row["applied_at"])
+            )
+    states += [MigrationState(n, "unknown", r["applied_at"]) for n, r in sorted(recorded.items())]
+    return states
+
+
+async def apply(database_url: str, directory: Traversable = SHIPPED) -> list[str]:
     """Apply pending migrations; returns the names applied by this call."""
+    migrations = discover(directory)
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
@@ -49,12 +101,9 @@ async def apply(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str
                 " name text PRIMARY KEY, checksum text NOT NULL,"
                 " applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            done = {
-                row["name"]: row["checksum"]
-                for row in await conn.fetch("SELECT name, checksum FROM gateway.schema_migrations")
-            }
+            done = {name: row["checksum"] for name, row in (await _recorded(conn)).items()}
             applied: list[str] = []
-            for migration in discover(directory):
+            for migration in migrations:
                 if migration.name in done:
                     if done[migration.name] != migration.checksum:
                         raise MigrationError(

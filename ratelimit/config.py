@@ -22,6 +22,8 @@ at start-up with the path of the offending node.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Literal
 
@@ -30,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ratelimit.descriptors import Entry, Limit, Unit
 
-DEFAULT_PATH = Path(__file__).resolve().parent / "limits.yaml"
+DEFAULT_PATH: Traversable = files("ratelimit") / "limits.yaml"  # shipped as package data
 Quota = Literal["requests", "tokens"]
 
 
@@ -184,7 +186,7 @@ def parse(text: str, source: str = "<string>") -> StaticConfig:
 
 def load(path: Path | str | None = None) -> StaticConfig:
     """Load and validate the static config; raises ConfigError with a readable reason."""
-    file = Path(path) if path else DEFAULT_PATH
+    file: Traversable = Path(path) if path else DEFAULT_PATH
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:

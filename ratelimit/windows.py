@@ -14,13 +14,13 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
+from importlib.resources import files
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-_SCRIPT = (Path(__file__).resolve().parent / "window.lua").read_text(encoding="utf-8")
+_SCRIPT = (files("ratelimit") / "window.lua").read_text(encoding="utf-8")
 
 # Milliseconds since the epoch; None: the Redis server's clock (one clock for every replica).
 Clock = Callable[[], int] | None

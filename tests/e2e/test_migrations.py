@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import sys
 import uuid
@@ -63,8 +62,8 @@ def test_concurrent_migrations_apply_once(stack: Stack) -> None:
 
 def test_a_changed_applied_migration_is_refused(stack: Stack, tmp_path: Path) -> None:
     url = _fresh_database(stack)
-    for path in migrate.MIGRATIONS_DIR.glob("*.sql"):
-        shutil.copy(path, tmp_path / path.name)
+    for migration in migrate.discover():
+        (tmp_path / migration.name).write_text(migration.sql, encoding="utf-8")
     asyncio.run(migrate.apply(url, tmp_path))
     first = sorted(tmp_path.glob("*.sql"))[0]
     first.write_text(first.read_text() + "\n-- edited\n")
