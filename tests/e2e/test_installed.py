@@ -3,13 +3,15 @@ only its runtime dependencies, run from ``/`` as the images run it (no Docker en
 the images' contents are proven this way).
 
 The wheel is built from the files git tracks (what a clean clone has: no generated stubs, no
-egg-info), installed without the [local] and [test] extras, and every command runs with the
-working directory at ``/`` and no ``PYTHONPATH``, so nothing can come from the checkout.
+egg-info) less what .dockerignore keeps out of the images' build context. It is installed
+without the [local] and [test] extras, and every command runs with the working directory at
+``/`` and no ``PYTHONPATH``, so nothing can come from the checkout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import shutil
 import subprocess
@@ -79,8 +81,20 @@ class Installed:
         return result.stdout.strip()
 
 
+def _dockerignored(name: str, patterns: list[str]) -> bool:
+    """Whether the images' build context leaves ``name`` out (.dockerignore: a pattern that
+    matches a path or one of its parent directories; ``**/`` also matches at the top)."""
+    parts = name.split("/")
+    paths = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    variants = [(p, p.removeprefix("**/")) for p in patterns]
+    return any(fnmatch.fnmatchcase(path, v) for path in paths for pair in variants for v in pair)
+
+
 def _clean_checkout(dest: Path) -> Path:
-    """The files a fresh clone has (tracked, plus new files not ignored), symlinks kept."""
+    """The files a fresh clone has (tracked, plus new files not ignored) that the images' build
+    context keeps (.dockerignore), symlinks kept."""
+    lines = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    ignore = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=ROOT,
@@ -89,8 +103,8 @@ def _clean_checkout(dest: Path) -> Path:
     ).stdout.decode()
     for name in filter(None, listed.split("\0")):
         source = ROOT / name
-        if not source.exists() and not source.is_symlink():
-            continue  # deleted in the working tree
+        if (not source.exists() and not source.is_symlink()) or _dockerignored(name, ignore):
+            continue  # deleted in the working tree, or not in the images' build context
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target, follow_symlinks=False)
