@@ -71,6 +71,27 @@ def test_a_changed_applied_migration_is_refused(stack: Stack, tmp_path: Path) ->
         asyncio.run(migrate.apply(url, tmp_path))
 
 
+def test_status_lists_pending_applied_changed_and_unknown(stack: Stack, tmp_path: Path) -> None:
+    url = _fresh_database(stack)
+    (tmp_path / "0001_a.sql").write_text("CREATE TABLE public.a (x int);")
+    (tmp_path / "0002_b.sql").write_text("CREATE TABLE public.b (x int);")
+    states = asyncio.run(migrate.status(url, tmp_path))
+    assert [(s.name, s.state, s.applied_at) for s in states] == [
+        ("0001_a.sql", "pending", None),
+        ("0002_b.sql", "pending", None),
+    ]
+    assert asyncio.run(migrate.apply(url, tmp_path)) == ["0001_a.sql", "0002_b.sql"]
+    (tmp_path / "0002_b.sql").write_text("CREATE TABLE public.b (x bigint);")
+    (tmp_path / "0001_a.sql").rename(tmp_path / "0003_c.sql")
+    states = asyncio.run(migrate.status(url, tmp_path))
+    assert [(s.name, s.state) for s in states] == [
+        ("0002_b.sql", "changed"),
+        ("0003_c.sql", "pending"),
+        ("0001_a.sql", "unknown"),
+    ]
+    assert all(s.applied_at is not None for s in states if s.state != "pending")
+
+
 def test_revocation_outbox_marks_the_key_and_notifies(stack: Stack) -> None:
     async def scenario() -> tuple[str, str]:
         conn = await asyncpg.connect(stack.database_url)
