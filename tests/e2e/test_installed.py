@@ -196,6 +196,16 @@ def test_help_and_generated_admin_stubs_work_from_root(installed: Installed) -> 
     assert service == "neuronetz.admin.v1.AdminService"
 
 
+def test_the_services_and_the_cli_never_import_the_local_stack(installed: Installed) -> None:
+    loaded = installed.python(
+        "import sys, authz.main, ratelimit.main, accounting.main, gateway.cli;"
+        "gateway.cli.build_parser();"
+        "print(sorted({m.split('.')[0] for m in sys.modules}))"
+    )
+    assert "'devstack'" not in loaded
+    assert "'gateway'" in loaded and "'authz'" in loaded
+
+
 def test_dev_without_the_local_extra_says_what_to_install(installed: Installed) -> None:
     result = installed.run("dev")
     assert result.returncode == 1
