@@ -6,6 +6,9 @@
   unload a model other tenants share, ``-1`` would pin it forever.
 * The output cap authz reserved budget for is applied when the request sets none or a larger
   one, so the reservation is a true upper bound.
+
+Fields are read and written as Ollama's Go decoder matches them (:mod:`gateway.gojson`): a
+``"Keep_Alive"`` is clamped like ``"keep_alive"`` and leaves under the canonical spelling.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from gateway import gojson
 
 _USAGE_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions"})
 _DURATION = re.compile(r"(-?\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
@@ -56,9 +61,10 @@ def keep_alive_seconds(value: Any) -> float | None:
 
 
 def _clamp_keep_alive(body: dict[str, Any], low: int | None, high: int | None) -> bool:
-    if "keep_alive" not in body or (low is None and high is None):
+    spelled = gojson.key_of(body, "keep_alive")
+    if spelled is None or (low is None and high is None):
         return False
-    seconds = keep_alive_seconds(body["keep_alive"])
+    seconds = keep_alive_seconds(body[spelled])
     low_s = low if low is not None else 0
     target: int
     if seconds is None or seconds < 0:  # unparseable or "forever": the tenant's maximum
@@ -69,7 +75,7 @@ def _clamp_keep_alive(body: dict[str, Any], low: int | None, high: int | None) -
             target = min(high, target)
         if target == seconds:
             return False
-    body["keep_alive"] = target
+    gojson.put(body, "keep_alive", target)
     return True
 
 
@@ -77,12 +83,14 @@ def _positive(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 
-def _cap(container: dict[str, Any], field: str, cap: int) -> bool:
-    """Set ``container[field]`` to ``cap`` when absent, non-positive or larger."""
-    value: Any = container.get(field)
+def _cap(container: dict[str, Any], field: str, cap: int, exact: bool = False) -> bool:
+    """Set ``field`` to ``cap`` when absent, non-positive or larger (``exact``: a key of a
+    map such as ``options``, which Go matches exactly; otherwise a struct field). Another
+    spelling of ``field`` goes: Ollama ignores it in a map, and the body stays unambiguous."""
+    value: Any = container.get(field) if exact else gojson.field(container, field)
     if _positive(value) and value <= cap:
         return False
-    container[field] = cap
+    gojson.put(container, field, cap)
     return True
 
 
@@ -90,20 +98,21 @@ def _apply_cap(body: dict[str, Any], endpoint: str, cap: int) -> bool:
     if cap <= 0:
         return False
     if endpoint in ("/api/chat", "/api/generate"):
-        options = body.get("options")
+        options = gojson.field(body, "options")
         if not isinstance(options, dict):
             options = {}
-            body["options"] = options
-        return _cap(options, "num_predict", cap)
+        gojson.put(body, "options", options)
+        return _cap(options, "num_predict", cap, exact=True)
     if endpoint in ("/v1/chat/completions", "/v1/completions"):
         # Either field may carry the client's limit; the backend gets one consistent value.
         fields = ("max_tokens", "max_completion_tokens")
-        asked = [body[f] for f in fields if _positive(body.get(f))]
+        asked = [gojson.field(body, f) for f in fields if _positive(gojson.field(body, f))]
         target = min([cap, *asked])
         changed = False
         for name in fields:
-            if (name == "max_tokens" or name in body) and body.get(name) != target:
-                body[name] = target
+            present = gojson.key_of(body, name)
+            if (name == "max_tokens" or present) and gojson.field(body, name) != target:
+                gojson.put(body, name, target)
                 changed = True
         return changed
     if endpoint == "/v1/responses":
@@ -114,15 +123,14 @@ def _apply_cap(body: dict[str, Any], endpoint: str, cap: int) -> bool:
 
 
 def _ask_for_usage(body: dict[str, Any], limits: Limits) -> bool:
-    if limits.endpoint not in _USAGE_ENDPOINTS or body.get("stream") is not True:
+    if limits.endpoint not in _USAGE_ENDPOINTS or gojson.field(body, "stream") is not True:
         return False
-    options = body.get("stream_options")
-    if isinstance(options, dict) and options.get("include_usage") is True:
+    options = gojson.field(body, "stream_options")
+    if isinstance(options, dict) and gojson.field(options, "include_usage") is True:
         return False
-    body["stream_options"] = {
-        **(options if isinstance(options, dict) else {}),
-        "include_usage": True,
-    }
+    options = dict(options) if isinstance(options, dict) else {}
+    gojson.put(options, "include_usage", True)
+    gojson.put(body, "stream_options", options)
     return True
 
 
@@ -130,8 +138,8 @@ def rewrite(raw: bytes, limits: Limits) -> Rewrite:
     """The body to send upstream. A body that is not a JSON object passes unchanged (authz
     already refused what it could not read)."""
     try:
-        body = json.loads(raw) if raw else None
-    except (ValueError, UnicodeDecodeError):
+        body = gojson.loads(raw) if raw else None
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return Rewrite(None, False)
     if not isinstance(body, dict):
         return Rewrite(None, False)

@@ -14,6 +14,7 @@ from typing import Any
 from accounting import rewrite
 from accounting.frames import NdjsonParser, SseEvent, SseParser
 from accounting.tally import Counts, Tally, estimate_tokens
+from gateway import gojson
 
 # JSON (non-stream) bodies are parsed whole at the end; beyond this size they are estimated.
 MAX_JSON_BODY = 16 << 20
@@ -93,23 +94,20 @@ def _prompt_text(body: Any) -> str:
         return ""
     parts: list[str] = []
     for name in ("prompt", "input", "system", "instructions"):
-        value = body.get(name)
+        value = gojson.field(body, name)
         if isinstance(value, str):
             parts.append(value)
         elif isinstance(value, list):
             parts.extend(v for v in value if isinstance(v, str))
-    messages = body.get("messages")
+    messages = gojson.field(body, "messages")
     if isinstance(messages, list):
         for message in messages:
-            content = message.get("content") if isinstance(message, dict) else None
+            content = gojson.field(message, "content") if isinstance(message, dict) else None
             if isinstance(content, str):
                 parts.append(content)
             elif isinstance(content, list):
-                parts.extend(
-                    c["text"]
-                    for c in content
-                    if isinstance(c, dict) and isinstance(c.get("text"), str)
-                )
+                texts = (gojson.field(c, "text") for c in content if isinstance(c, dict))
+                parts.extend(t for t in texts if isinstance(t, str))
     return "\n".join(parts)
 
 
@@ -138,8 +136,8 @@ class StreamAccount:
     def request_body(self, raw: bytes) -> bytes | None:
         """The body to send upstream instead of ``raw``, or None to send it unchanged."""
         try:
-            self.prompt = json.loads(raw) if raw else None
-        except (ValueError, UnicodeDecodeError):
+            self.prompt = gojson.loads(raw) if raw else None
+        except (ValueError, UnicodeDecodeError, RecursionError):
             self.prompt = None
         self._tally = Tally(self.info.endpoint, estimate_tokens(_prompt_text(self.prompt)))
         limits = rewrite.Limits(

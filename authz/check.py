@@ -25,7 +25,7 @@ from authz.endpoints import Endpoint, Kind, Scope
 from authz.keys import KeyStore, StoreUnavailable
 from authz.principal import Principal
 from authz.request import AuthzRequest
-from gateway import apikeys, logs
+from gateway import apikeys, gojson, logs
 
 _UNAUTHORIZED_HEADERS = {"www-authenticate": 'Bearer realm="neuronetz"'}
 _RATE_FIELDS = (
@@ -198,11 +198,11 @@ class Authorizer:
                 body = payload.json_object(req)
             except payload.BadRequest as bad:
                 return await self._refuse(bad.status, req, metadata=meta)
-            name = body.get("model") or body.get("name")
+            name = gojson.field(body, "model") or gojson.field(body, "name")
             if not isinstance(name, str) or not name.strip():
                 return await self._refuse(400, req, metadata=meta)
             show_model = name
-            verbose = body.get("verbose") is True
+            verbose = gojson.field(body, "verbose") is True
         discovered = self._discovery.models()
         if endpoint is endpoints.MODEL_DETAIL:
             show_model = unquote(req.path[len("/v1/models/") :])

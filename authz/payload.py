@@ -1,8 +1,10 @@
 """What authz needs from a request body: the model, stream flag, prompt size, output cap.
 
-Bodies are JSON objects. A body that is not JSON, a JSON that is not an object, a missing or
-non-string ``model`` or a content type that is not JSON is a :class:`BadRequest` with one
+Bodies are JSON objects. A body that is not JSON, a JSON that is not an object, one that Ollama
+could read differently (keys equal under Go's case folding, :mod:`gateway.gojson`), a missing
+or non-string ``model`` or a content type that is not JSON is a :class:`BadRequest` with one
 status (400 or 415) and the surface's generic message — no detail about what was wrong.
+Fields are read as Go reads them (:func:`gojson.field`): ``"Model"`` is the model.
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from authz.request import AuthzRequest
+from gateway import gojson
 
 # curl's ``-d`` sends a form content type, and Ollama's own docs use ``curl -d '{…}'``: such a
 # body is accepted when it is JSON. Anything else that is not JSON is refused (415).
 _ACCEPTED_TYPES = ("application/json", "application/x-www-form-urlencoded")
 # Fields of a request that never reach the model as prompt (tools, format, system do).
-_NOT_PROMPT = frozenset({"model", "stream", "options", "keep_alive", "stream_options"})
+_NOT_PROMPT = frozenset(
+    gojson.fold(n) for n in ("model", "stream", "options", "keep_alive", "stream_options")
+)
+_IMAGES = gojson.fold("images")
 _PROMPT_OVERHEAD_TOKENS = 16
 # An image costs the model a bounded number of tokens, not its base64 length: count each one
 # (native ``images`` entries, OpenAI ``data:`` URLs) as this many characters of text.
@@ -70,7 +76,7 @@ def _count_text(value: Any, depth: int = 0) -> int:
     if isinstance(value, dict):
         return sum(
             _IMAGE_CHARS * len(v)
-            if k == "images" and isinstance(v, list)
+            if gojson.fold(k) == _IMAGES and isinstance(v, list)
             else _count_text(v, depth + 1)
             for k, v in value.items()
         )
@@ -87,10 +93,10 @@ def _positive_int(value: Any) -> int | None:
 
 def _output_cap(body: dict[str, Any], surface: str) -> int | None:
     if surface == "ollama":
-        options = body.get("options")
+        options = gojson.field(body, "options")  # a map in Ollama: its keys match exactly
         return _positive_int(options.get("num_predict")) if isinstance(options, dict) else None
     for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-        cap = _positive_int(body.get(name))
+        cap = _positive_int(gojson.field(body, name))
         if cap is not None:
             return cap
     return None
@@ -99,16 +105,16 @@ def _output_cap(body: dict[str, Any], surface: str) -> int | None:
 def parse(req: AuthzRequest, *, embeddings: bool) -> Payload:
     """The request's model and sizes; raises :class:`BadRequest`."""
     body = json_object(req)
-    model = body.get("model")
+    model = gojson.field(body, "model")
     if not isinstance(model, str) or not model.strip():
         raise BadRequest(400)
-    stream = body.get("stream")
+    stream = gojson.field(body, "stream")
     if stream is None:
         # Ollama's chat and generate stream unless told otherwise; the OpenAI API does not.
         stream = req.surface == "ollama" and not embeddings
     elif not isinstance(stream, bool):
         raise BadRequest(400)
-    chars = sum(_count_text(v) for k, v in body.items() if k not in _NOT_PROMPT)
+    chars = sum(_count_text(v) for k, v in body.items() if gojson.fold(k) not in _NOT_PROMPT)
     return Payload(
         model=model,
         stream=stream,

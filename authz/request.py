@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from gateway import gojson
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +27,8 @@ class AuthzRequest:
         return "openai" if self.path.startswith("/v1/") or self.path == "/v1" else "ollama"
 
     def json_body(self) -> Any:
-        """The body parsed as JSON (memoised); raises ValueError when it is not JSON."""
+        """The body parsed as Ollama reads it (memoised, :mod:`gateway.gojson`); raises
+        ValueError when it is not JSON or Ollama could read it differently."""
         if not self._json:
-            self._json.append(json.loads(self.body) if self.body else None)
+            self._json.append(gojson.loads(self.body) if self.body else None)
         return self._json[0]

@@ -35,7 +35,7 @@ object is read too, a field real Ollama ignores there):
   ``--frame-delay-s``), for tests that need a stream to be slow or cut mid-way.
 
 Introspection: ``GET /_mock/requests`` lists the last 200 requests received (method, path,
-lower-case headers, parsed body), so tests can prove what reached the model server.
+lower-case headers, parsed body, raw body), so tests can prove what reached the model server.
 
 Ollama quirks kept on purpose
 -----------------------------
@@ -214,12 +214,14 @@ def normalize_model_name(name: str) -> str:
 @dataclass(frozen=True)
 class RecordedRequest:
     """One request the mock received. ``headers`` keys are lowercase; ``body`` is the parsed JSON
-    body, or None (no body, or not valid JSON)."""
+    body, or None (no body, or not valid JSON); ``raw`` the body's bytes as UTF-8 text (tests
+    decode it as Ollama's Go decoder would)."""
 
     method: str
     path: str
     headers: dict[str, str]
     body: Any
+    raw: str = ""
 
 
 class MockOllama:
@@ -342,6 +344,28 @@ def _go_type_name(value: Any) -> str:
     if isinstance(value, int | float):
         return "number"
     return "null" if value is None else "object"
+
+
+# Go's encoding/json matches a key to a struct field case-insensitively (U+017F folds with s,
+# U+212A with k) and the last match wins. Every field name of Ollama's request structs is
+# lower-case ASCII, so a key names the field its lower-cased, unfolded spelling names. Maps
+# (``options``) and raw JSON (``format``, tool schemas) keep their keys exactly.
+_GO_FOLD = str.maketrans({"\u017f": "s", "\u212a": "k"})
+_EXACT_KEYS = frozenset({"options", "format", "tools", "parameters", "properties", "metadata"})
+
+
+def _as_go_reads(value: Any) -> Any:
+    """A request body with its struct keys spelled as Ollama's Go decoder matches them."""
+    if isinstance(value, list):
+        return [_as_go_reads(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        name = key.translate(_GO_FOLD).lower()
+        out.pop(name, None)  # the last match wins
+        out[name] = item if name in _EXACT_KEYS else _as_go_reads(item)
+    return out
 
 
 def _go_json_error(raw: bytes, exc: ValueError) -> str:
@@ -1412,11 +1436,12 @@ def _middleware(state: MockOllama) -> Middleware:
     @web.middleware
     async def record_and_translate(request: web.Request, handler: Handler) -> web.StreamResponse:
         body = _Body()
+        raw = b""
         if request.can_read_body:
             raw = await request.read()
             if raw.strip():
                 try:
-                    body = _Body(value=json.loads(raw), empty=False)
+                    body = _Body(value=_as_go_reads(json.loads(raw)), empty=False)
                 except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
                     body = _Body(error=_go_json_error(raw, exc), empty=False)
         state.requests.append(
@@ -1425,6 +1450,7 @@ def _middleware(state: MockOllama) -> Middleware:
                 path=request.path,
                 headers={k.lower(): v for k, v in request.headers.items()},
                 body=body.value,
+                raw=raw.decode("utf-8", "replace"),
             )
         )
         token = _BODY.set(body)

@@ -12,6 +12,7 @@ import pytest
 
 from devstack.stack import Stack, StackConfig
 from tests.gateway_client import Gateway
+from tests.ollama_decoder import OllamaDecoder
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +33,13 @@ def stack() -> Iterator[Stack]:
 @pytest.fixture(scope="session")
 def gw(stack: Stack) -> Gateway:
     return Gateway(stack)
+
+
+@pytest.fixture(scope="session")
+def ollama_decoder() -> Iterator[OllamaDecoder]:
+    """Bodies as Ollama's Go decoder reads them (tests/ollama_decoder/main.go)."""
+    decoder = OllamaDecoder()
+    try:
+        yield decoder
+    finally:
+        decoder.close()
