@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.gateway_client import Caller, Gateway
-from tests.ollama_decoder import OllamaDecoder
+from tests.ollama_decoder import CAP_FIELD, OllamaDecoder
 
 LONG_S = "\u017f"
 ASKED = 7  # an output cap below the default (1024) authz would otherwise reserve and impose
@@ -48,15 +48,6 @@ INFERENCE = [
     "/v1/responses",
     "/v1/messages",
 ]
-# Where each endpoint's output cap lives, as Ollama reads it.
-CAP_FIELD = {
-    "/api/chat": "num_predict",
-    "/api/generate": "num_predict",
-    "/v1/chat/completions": "max_tokens",
-    "/v1/completions": "max_tokens",
-    "/v1/responses": "max_output_tokens",
-    "/v1/messages": "max_tokens",
-}
 BAD_REQUEST = {
     "ollama": {"error": "invalid request"},
     "openai": {

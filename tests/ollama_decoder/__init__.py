@@ -13,6 +13,15 @@ from pathlib import Path
 from typing import Any
 
 SOURCE = Path(__file__).resolve().parent / "main.go"
+# Where each inference endpoint's output cap lives, as Ollama reads it (the decoder's view).
+CAP_FIELD = {
+    "/api/chat": "num_predict",
+    "/api/generate": "num_predict",
+    "/v1/chat/completions": "max_tokens",
+    "/v1/completions": "max_tokens",
+    "/v1/responses": "max_output_tokens",
+    "/v1/messages": "max_tokens",
+}
 
 
 class OllamaDecoder:

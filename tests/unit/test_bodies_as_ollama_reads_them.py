@@ -17,7 +17,7 @@ from accounting import rewrite
 from authz import payload
 from authz.request import AuthzRequest
 from gateway import gojson
-from tests.ollama_decoder import OllamaDecoder
+from tests.ollama_decoder import CAP_FIELD, OllamaDecoder
 
 # The fields each endpoint's Go struct has, of those the gateway polices.
 FIELDS = {
@@ -110,6 +110,15 @@ def _request(endpoint: str, raw: str) -> AuthzRequest:
     return AuthzRequest("POST", endpoint, headers, raw.encode("utf-8"))
 
 
+def _admitted(endpoint: str, raw: str) -> payload.Payload | None:
+    """What authz parsed of the body, or None when it refused it (always with a 400)."""
+    try:
+        return payload.parse(_request(endpoint, raw), embeddings=endpoint in EMBEDDINGS)
+    except payload.BadRequest as refused:
+        assert refused.status == 400
+        return None
+
+
 @pytest.mark.slow
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=body())
@@ -117,10 +126,8 @@ def test_what_authz_admits_ollama_reads_the_same(
     ollama_decoder: OllamaDecoder, case: tuple[str, str]
 ) -> None:
     endpoint, raw = case
-    try:
-        parsed = payload.parse(_request(endpoint, raw), embeddings=endpoint in EMBEDDINGS)
-    except payload.BadRequest as refused:
-        assert refused.status == 400
+    parsed = _admitted(endpoint, raw)
+    if parsed is None:
         return  # refused: Ollama never sees it
     answer = ollama_decoder.decode(endpoint, raw)
     if "error" in answer:
@@ -141,9 +148,8 @@ def test_the_rewrite_holds_as_ollama_reads_the_rewritten_body(
     ollama_decoder: OllamaDecoder, case: tuple[str, str]
 ) -> None:
     endpoint, raw = case
-    try:
-        parsed = payload.parse(_request(endpoint, raw), embeddings=endpoint in EMBEDDINGS)
-    except payload.BadRequest:
+    parsed = _admitted(endpoint, raw)
+    if parsed is None:
         return
     limits = rewrite.Limits(endpoint, parsed.stream, CAP, KEEP_MIN, KEEP_MAX)
     rewritten = rewrite.rewrite(raw.encode("utf-8"), limits).body or raw.encode("utf-8")
@@ -153,16 +159,9 @@ def test_the_rewrite_holds_as_ollama_reads_the_rewritten_body(
         return
     theirs = ollama_view(endpoint, answer)
     assert theirs["model"] == parsed.model
-    caps = {
-        "/api/chat": "num_predict",
-        "/api/generate": "num_predict",
-        "/v1/chat/completions": "max_tokens",
-        "/v1/completions": "max_tokens",
-        "/v1/responses": "max_output_tokens",
-        "/v1/messages": "max_tokens",
-    }
-    if endpoint in caps:
-        assert theirs[caps[endpoint]] is not None and 0 < theirs[caps[endpoint]] <= CAP, raw
+    if endpoint in CAP_FIELD:
+        cap = theirs[CAP_FIELD[endpoint]]
+        assert cap is not None and 0 < cap <= CAP, raw
     if theirs.get("max_completion_tokens") is not None:
         assert theirs["max_completion_tokens"] <= CAP
     keep_alive = theirs.get("keep_alive")
