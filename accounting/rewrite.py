@@ -106,7 +106,7 @@ def _apply_cap(body: dict[str, Any], endpoint: str, cap: int) -> bool:
     if endpoint in ("/v1/chat/completions", "/v1/completions"):
         # Either field may carry the client's limit; the backend gets one consistent value.
         fields = ("max_tokens", "max_completion_tokens")
-        asked = [gojson.field(body, f) for f in fields if _positive(gojson.field(body, f))]
+        asked = [v for v in (gojson.field(body, f) for f in fields) if _positive(v)]
         target = min([cap, *asked])
         changed = False
         for name in fields:

