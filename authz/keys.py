@@ -179,6 +179,8 @@ class KeyStore:
                 await self._fail(keys=[failure_key(prefix)], args=[FAILURE_WINDOW_S])
                 self._reject(ident)
                 return None
+            if epoch != self._epoch:
+                return principal  # evicted meanwhile: answer this Check, cache nothing
             await self._store(
                 keys=[cache_key(prefix)], args=[ident, principal.to_json(), self._redis_ttl]
             )
@@ -231,9 +233,12 @@ class KeyStore:
             delay = min(delay * 2, 2.0)
 
     async def flush(self) -> None:
-        """Forget every cached key (after a LISTEN gap a revocation may have been missed)."""
-        self._drop_local()
-        self._negative.clear()
+        """Forget every cached key (after a LISTEN gap a revocation may have been missed).
+
+        The shared cache goes first and this process's last: a Check arriving while the scan
+        runs could otherwise copy a stale Redis entry back into the emptied local cache, where
+        it would live for a whole cache lifetime. The final drop bumps the epoch, so a cold
+        check that read the old Redis entry does not store it either."""
         try:
             batch: list[str] = []
             async for name in self._redis.scan_iter(match="nz:key:{*", count=500):
@@ -245,3 +250,5 @@ class KeyStore:
                 await self._redis.delete(*batch)
         except _STORE_ERRORS as exc:
             _log.warning("shared key cache not flushed", error=str(exc))
+        self._drop_local()
+        self._negative.clear()
