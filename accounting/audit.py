@@ -5,6 +5,12 @@ ext_proc) to the access-log service; the edge turns it into an :class:`AccessEnt
 module turns that into a row. Token counts come from ext_proc's metadata; a stream that was
 cut never got that metadata, so its counts come from the outcome the stream account handed
 over in this process (the row waits up to ``OUTCOME_WAIT_S`` for it).
+
+A row stores nothing unbounded a client chose. The endpoint is the allowlisted path
+(authz/endpoints.py); any other path is stored only for a request with a tenant, clipped to
+``MAX_PATH_CHARS`` — a clipped value ends in ``…`` — and a request without a tenant stores
+``other`` (those are audited in aggregate: accounting/denials.py). Model, error text and
+client address are clipped too (``MAX_TEXT_CHARS``).
 """
 
 from __future__ import annotations
@@ -21,9 +27,22 @@ import asyncpg
 from accounting import pgwrite
 from accounting.outcomes import RecentOutcomes
 from accounting.stream import METADATA_NAMESPACE
+from authz import endpoints
 
 AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
 OUTCOME_WAIT_S = 1.0
+MAX_PATH_CHARS = 64
+MAX_TEXT_CHARS = 256
+CLIPPED = "\u2026"  # "…": the value was longer
+OTHER_ENDPOINT = "other"
+# Envoy's flag for a request ext_authz answered itself (a denial, or authz's own reply).
+_AUTHZ_REPLIED = "UAEX"
+# Envoy's own local replies to a request saying `content-type: application/grpc` carry their
+# status as a gRPC code (Envoy's Grpc::Utility::httpToGrpcStatus): back to HTTP. UNAVAILABLE
+# stands for 429 and 502-504 (429 when the RLS refused); any other code for a status gRPC
+# cannot name (500).
+_FROM_GRPC = {"0": 200, "13": 400, "16": 401, "7": 403, "12": 404, "14": 503}
+_RATE_LIMITED = "RL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +60,8 @@ class AccessEntry:
     client_ip: str
     response_flags: str
     metadata: dict[str, dict[str, Any]]
+    details: str = ""  # Envoy's response code details ("via_upstream": the backend answered)
+    grpc_status: str = ""  # the response's grpc-status header, if any
 
 
 @dataclass(slots=True)
@@ -62,6 +83,7 @@ class AuditRow:
     client_ip: str
     response_flags: str
     error: str | None
+    count: int = 1  # requests this row stands for (> 1: an aggregate, accounting/denials.py)
     awaiting_outcome: bool = False
     received: float = field(default_factory=time.monotonic)
 
@@ -88,36 +110,80 @@ def _int(meta: dict[str, Any], name: str) -> int | None:
     return int(value)
 
 
+def clip(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """``text`` if it is at most ``limit`` characters, else its start ending in ``…`` (NUL
+    characters, which Postgres refuses, removed)."""
+    text = text.replace("\x00", "")
+    return text if len(text) <= limit else text[: limit - 1] + CLIPPED
+
+
+def _clip_or_none(text: str | None) -> str | None:
+    return None if text is None else clip(text)
+
+
+def endpoint_of(method: str, path: str, authenticated: bool) -> str:
+    """What a row stores of the request's path: the allowlisted endpoint; otherwise the path
+    clipped to ``MAX_PATH_CHARS`` for a request with a tenant, ``other`` without one."""
+    found = endpoints.lookup(method, path.split("?", 1)[0])
+    if found is not None:
+        return found.path
+    return clip(path.split("?", 1)[0], MAX_PATH_CHARS) if authenticated else OTHER_ENDPOINT
+
+
+def answered_status(entry: AccessEntry, authz: dict[str, Any]) -> int:
+    """The status the request was answered with. A client that sends ``content-type:
+    application/grpc`` gets every local reply as gRPC — HTTP 200, the status in
+    ``grpc-status`` — and Envoy logs 200. For a reply authz gave itself, authz's own status
+    (``status`` in its metadata); for Envoy's own, the one its gRPC code stands for."""
+    flags = entry.response_flags.split(",")
+    if _AUTHZ_REPLIED in flags:
+        status = _int(authz, "status")
+        if status is not None and 100 <= status <= 599:
+            return status
+    if entry.status == 200 and entry.grpc_status and entry.details != "via_upstream":
+        if entry.grpc_status == "14" and _RATE_LIMITED in flags:
+            return 429
+        return _FROM_GRPC.get(entry.grpc_status, 500)
+    return entry.status
+
+
 def row_from_entry(entry: AccessEntry) -> AuditRow:
     authz = entry.metadata.get(AUTHZ_NAMESPACE, {})
     proc = entry.metadata.get(METADATA_NAMESPACE, {})
-    endpoint = _str(authz, "endpoint") or entry.path.split("?", 1)[0]
+    tenant_id = uuid_or_none(_str(authz, "tenant_id"))
+    named = _str(authz, "endpoint")
+    endpoint = (
+        clip(named, MAX_PATH_CHARS)
+        if named is not None and tenant_id is not None
+        else endpoint_of(entry.method, entry.path, tenant_id is not None)
+    )
+    status = answered_status(entry, authz)
     has_counts = "tokens_in" in proc
     error = _str(proc, "error")
-    if error is None and entry.status >= 400:
-        error = f"http {entry.status}"
+    if error is None and status >= 400:
+        error = f"http {status}"
     return AuditRow(
-        request_id=entry.request_id,
+        request_id=clip(entry.request_id),
         ts=entry.start,
-        tenant_id=uuid_or_none(_str(authz, "tenant_id")),
-        key_prefix=_str(authz, "key_prefix"),
-        method=entry.method,
+        tenant_id=tenant_id,
+        key_prefix=_clip_or_none(_str(authz, "key_prefix")),
+        method=clip(entry.method),
         endpoint=endpoint,
-        model=_str(authz, "model") or "",
-        status=entry.status,
+        model=clip(_str(authz, "model") or ""),
+        status=status,
         tokens_in=_int(proc, "tokens_in"),
         tokens_out=_int(proc, "tokens_out"),
         tokens_estimated=proc.get("estimated") is True,
         latency_ms=entry.duration_ms,
         bytes_in=entry.bytes_in,
         bytes_out=entry.bytes_out,
-        client_ip=entry.client_ip,
-        response_flags=entry.response_flags,
-        error=error,
+        client_ip=clip(entry.client_ip),
+        response_flags=clip(entry.response_flags),
+        error=_clip_or_none(error),
         # An accounted request whose ext_proc metadata is missing: the stream was cut, or
         # ext_proc's metadata never reached the log. The outcome (if any) is in this process.
         # (A refusal — 4xx/5xx before the backend — never reached ext_proc: nothing to wait for.)
-        awaiting_outcome=not has_counts and bool(_str(authz, "model")) and entry.status < 400,
+        awaiting_outcome=not has_counts and bool(_str(authz, "model")) and status < 400,
     )
 
 
@@ -153,21 +219,26 @@ class AuditRows:
         row.tokens_out = counts.tokens_out
         row.tokens_estimated = counts.estimated
         if counts.error:
-            row.error = counts.error
+            row.error = clip(counts.error)
         elif outcome.cut:
             row.error = row.error or "stream cut short"
         row.awaiting_outcome = False
         return True
 
 
+# A request's row is written once (a retried batch changes nothing); an aggregate's snapshot
+# only ever raises its count (accounting/denials.py).
 _INSERT = """
-INSERT INTO gateway.audit_log (request_id, ts, tenant_id, key_prefix, method, endpoint, model,
-    status, tokens_in, tokens_out, tokens_estimated, latency_ms, bytes_in, bytes_out, client_ip,
-    response_flags, error)
+INSERT INTO gateway.audit_log AS a (request_id, ts, tenant_id, key_prefix, method, endpoint,
+    model, status, tokens_in, tokens_out, tokens_estimated, latency_ms, bytes_in, bytes_out,
+    client_ip, response_flags, error, count)
 SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::uuid[], $4::text[], $5::text[],
     $6::text[], $7::text[], $8::int[], $9::bigint[], $10::bigint[], $11::bool[],
-    $12::float8[], $13::bigint[], $14::bigint[], $15::text[], $16::text[], $17::text[])
-ON CONFLICT (request_id) DO NOTHING
+    $12::float8[], $13::bigint[], $14::bigint[], $15::text[], $16::text[], $17::text[],
+    $18::int[])
+ON CONFLICT (request_id, ts) DO UPDATE
+   SET count = EXCLUDED.count, bytes_in = EXCLUDED.bytes_in, bytes_out = EXCLUDED.bytes_out
+ WHERE a.count < EXCLUDED.count
 """
 
 
@@ -190,10 +261,17 @@ def _columns(batch: Sequence[Any]) -> list[list[Any]]:
         [r.client_ip for r in batch],
         [r.response_flags for r in batch],
         [r.error for r in batch],
+        [r.count for r in batch],
     ]
 
 
 async def write(pool: asyncpg.Pool, rows: list[AuditRow]) -> None:
-    """One multi-row INSERT; a request id already present is skipped (idempotent)."""
-    unique = list({r.request_id: r for r in rows}.values())
+    """One multi-row INSERT; a request id already present is skipped (idempotent), an
+    aggregate present twice is written with its larger count."""
+    latest: dict[tuple[str, datetime], AuditRow] = {}
+    for row in rows:
+        seen = latest.get((row.request_id, row.ts))
+        if seen is None or row.count > seen.count:
+            latest[(row.request_id, row.ts)] = row
+    unique = list(latest.values())
     await pgwrite.insert(pool, "audit_log", _INSERT, unique, _columns)

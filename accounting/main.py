@@ -1,6 +1,6 @@
 """Run the accounting service: Envoy's ext_proc and access-log streams on
 ``accounting_listen``, plus the background writers (ledger, audit, prompt log), the budget
-settler, deny mode and the prompt-log sweeper."""
+settler, deny mode, the prompt-log sweeper and the audit log's partition maintenance."""
 
 from __future__ import annotations
 
@@ -9,20 +9,49 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from accounting import audit, ledger, promptlog, server, spool
+import asyncpg
+
+from accounting import audit, ledger, promptlog, rlsdebit, server, spool
 from accounting.audit import AccessEntry, AuditRow, AuditRows
 from accounting.batches import Batcher
+from accounting.denials import DenialTally, unauthenticated
 from accounting.denymode import DENY_MODE_KEY, DenyMode
 from accounting.ledger import LedgerRow
 from accounting.outcomes import RecentOutcomes
 from accounting.promptlog import PromptRow
+from accounting.rlsdebit import TokenDebits
 from accounting.settle import Settler
 from accounting.stream import RequestInfo
-from gateway import grpcserver, logs, metrics
+from gateway import auditparts, grpcserver, logs, metrics
+from gateway.leases import Leases
 from gateway.settings import Settings
 from gateway.storage import pg_pool, redis_client
 
 _DRAIN_S = 10.0
+
+
+async def audit_maintenance(pool: asyncpg.Pool, cfg: Settings) -> None:
+    """The audit log's partitions (gateway/auditparts.py): at start, then every interval."""
+    log = logs.get("accounting")
+    while True:
+        try:
+            async with pool.acquire() as conn:
+                done = await auditparts.maintain(
+                    conn,
+                    retention_days=cfg.audit_retention_days,
+                    ahead_days=cfg.audit_partitions_ahead_days,
+                )
+            if done.created or done.dropped or done.purged_rows:
+                log.info(
+                    "audit partitions maintained",
+                    created=done.created,
+                    dropped=done.dropped,
+                    moved_rows=done.moved_rows,
+                    purged_rows=done.purged_rows,
+                )
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            log.warning("audit partition maintenance failed", error=type(exc).__name__)
+        await asyncio.sleep(cfg.audit_maintenance_interval_s)
 
 
 async def run(cfg: Settings) -> None:
@@ -36,6 +65,7 @@ async def run(cfg: Settings) -> None:
     rows = AuditRows(outcomes)
 
     settler: Settler | None = None
+    debits = TokenDebits(rlsdebit.target(cfg.ratelimit_target, cfg.ratelimit_listen))
 
     async def write_ledger(batch: list[LedgerRow]) -> None:
         await ledger.write(pool, batch)
@@ -67,6 +97,8 @@ async def run(cfg: Settings) -> None:
         ledger.row_from_outcome,
         partial(promptlog.row_from_outcome, ttl_s=cfg.prompt_log_ttl_s),
         ledger_wait_s=cfg.ledger_wait_s,
+        leases=Leases(cfg.slot_lease_s, cfg.reservation_lease_s),
+        debits=debits,
     )
     spool_dir = Path(cfg.accounting_spool_dir) if cfg.accounting_spool_dir else None
     buffers: list[tuple[Batcher[Any], type[Any]]] = [
@@ -83,8 +115,15 @@ async def run(cfg: Settings) -> None:
                 log.info("spooled rows restored", table=batcher_.table, rows=len(restored))
     deny = DenyMode(redis, [audit_rows, ledger_rows], cfg.deny_mode_ttl_s, interval_s=0.5)
 
+    # Requests without a tenant are audited in aggregate (accounting/denials.py).
+    denials = DenialTally(cfg.audit_denial_keys_per_minute)
+
     def accept(entry: AccessEntry) -> None:
-        audit_rows.add(audit.row_from_entry(entry))
+        row = audit.row_from_entry(entry)
+        if unauthenticated(row):
+            denials.add(row)
+        else:
+            audit_rows.add(row)
         if audit.refused_after_admission(entry):
             settler.give_back(
                 RequestInfo.from_metadata(
@@ -101,11 +140,13 @@ async def run(cfg: Settings) -> None:
             ("prompt_log", prompt_rows.run()),
             ("deny_mode", deny.run()),
             ("sweeper", promptlog.sweeper(pool, cfg.prompt_log_sweep_interval_s)),
+            ("denials", denials.run(audit_rows.add, cfg.audit_flush_interval_s)),
+            ("audit_partitions", audit_maintenance(pool, cfg)),
         )
     ]
     grpc_server = await grpcserver.start(
         cfg.accounting_listen,
-        server.register(settler.submit, accept),
+        server.register(settler.submit, accept, settler.touch),
         [server.EXT_PROC_SERVICE, server.ACCESS_LOG_SERVICE],
     )
     log.info("serving", listen=cfg.accounting_listen)
@@ -114,6 +155,7 @@ async def run(cfg: Settings) -> None:
         # Envoy's streams are closed (grace period over): settle what is pending, then write
         # every buffered row before exiting, so a restart loses nothing.
         await settler.wait_idle(_DRAIN_S)
+        denials.flush(audit_rows.add)
         for batcher_, _ in buffers:
             if await batcher_.drain(_DRAIN_S / 2):
                 continue
@@ -127,6 +169,7 @@ async def run(cfg: Settings) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         if deny.on:
             await redis.delete(DENY_MODE_KEY)
+        await debits.close()
         await redis.aclose()
         await pool.close()
 

@@ -14,6 +14,7 @@ Fields are read and written as Ollama's Go decoder matches them (:mod:`gateway.g
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +44,13 @@ class Rewrite:
 
 
 def keep_alive_seconds(value: Any) -> float | None:
-    """Ollama's keep_alive (seconds as a number, or a Go duration string) in seconds."""
+    """Ollama's keep_alive (seconds as a number, or a Go duration string) in seconds; None
+    when it is none, or no finite number (``"1e400"``, ``"NaN"``: unreadable, like garbage)."""
+    seconds = _keep_alive_seconds(value)
+    return seconds if seconds is None or math.isfinite(seconds) else None
+
+
+def _keep_alive_seconds(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):

@@ -104,10 +104,16 @@ def _body_response(new_body: bytes | None) -> Any:
 
 
 class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    """One gRPC stream per HTTP request. ``submit`` receives the outcome (never blocks)."""
+    """One gRPC stream per HTTP request. ``submit`` receives the outcome, ``touch`` each live
+    stream as its bytes flow (it renews the request's leases); neither blocks."""
 
-    def __init__(self, submit: Callable[[Outcome], None]) -> None:
+    def __init__(
+        self,
+        submit: Callable[[Outcome], None],
+        touch: Callable[[StreamAccount], None] | None = None,
+    ) -> None:
         self._submit = submit
+        self._touch = touch or (lambda _account: None)
 
     async def Process(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
@@ -121,6 +127,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     if account is None:
                         account = StreamAccount(_request_info(req))
                     new_body = account.request_body(req.request_body.body)
+                    self._touch(account)
                     yield ep.ProcessingResponse(request_body=_body_response(new_body))
                 elif kind == "response_body":
                     body = req.response_body
@@ -132,6 +139,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     if not account.started:
                         account.response_start(_status(req), body.body)
                     out = account.response_chunk(body.body, body.end_of_stream)
+                    if not body.end_of_stream:
+                        self._touch(account)
                     response = ep.ProcessingResponse(response_body=_body_response(out))
                     if body.end_of_stream or account.final:
                         response.dynamic_metadata.CopyFrom(_struct(account.metadata()))
@@ -202,6 +211,9 @@ def to_entry(entry: Any) -> AccessEntry:
         client_ip=common.downstream_remote_address.socket_address.address,
         response_flags=_flags(common.response_flags),
         metadata=metadata,
+        details=response.response_code_details,
+        # Logged only if envoy.yaml names it (additional_response_headers_to_log).
+        grpc_status=response.response_headers.get("grpc-status", ""),
     )
 
 
@@ -224,10 +236,13 @@ class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[m
 
 
 def register(
-    submit: Callable[[Outcome], None], accept: Callable[[AccessEntry], None]
+    submit: Callable[[Outcome], None],
+    accept: Callable[[AccessEntry], None],
+    touch: Callable[[StreamAccount], None] | None = None,
 ) -> list[Callable[[grpc.aio.Server], None]]:
     def add_ext_proc(server: grpc.aio.Server) -> None:
-        ep_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(submit), server)
+        processor = ExternalProcessor(submit, touch)
+        ep_grpc.add_ExternalProcessorServicer_to_server(processor, server)
 
     def add_access_log(server: grpc.aio.Server) -> None:
         als_pb2_grpc.add_AccessLogServiceServicer_to_server(AccessLogService(accept), server)

@@ -1,5 +1,6 @@
-"""After a stream: release its concurrency slot, write its ledger row, settle its budget
-reservation to the real count — in the background, never in the response path.
+"""After a stream: release its concurrency slot, debit tokens/min when Envoy cannot, write its
+ledger row, settle its budget reservation to the real count — and while it streams, renew its
+leases. All in the background, never in the response path.
 
 Order matters for budgets: the Redis *used* counters are debited only once the ledger row is
 in Postgres (or after ``ledger_wait_s``, so a Postgres outage does not hold reservations for
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 
+import grpc
 import redis.asyncio as aioredis
 from prometheus_client import Counter
 from redis.exceptions import RedisError
@@ -22,12 +25,16 @@ from accounting.batches import Batcher
 from accounting.ledger import LedgerRow
 from accounting.outcomes import RecentOutcomes
 from accounting.promptlog import PromptRow
-from accounting.stream import Outcome, RequestInfo
-from gateway import budgets, logs, slots
+from accounting.rlsdebit import TokenDebits
+from accounting.stream import Outcome, RequestInfo, StreamAccount
+from gateway import budgets, leases, logs, slots
+from gateway.leases import Leases
 
 TOKENS = Counter("accounting_tokens_total", "tokens accounted", ["tenant", "direction"])
 REQUESTS = Counter("accounting_streams_total", "accounted streams", ["tenant", "result"])
 SETTLE_ERRORS = Counter("accounting_settle_errors_total", "failed Redis settlements")
+DEBIT_ERRORS = Counter("accounting_tpm_debit_errors_total", "failed tokens/min debits at the RLS")
+RENEWALS = Counter("accounting_lease_renewals_total", "lease renewals of live streams")
 
 _log = logs.get("accounting")
 _RETRY_FOR_S = 30.0
@@ -45,8 +52,13 @@ class Settler:
         *,
         ledger_wait_s: float = 2.0,
         concurrency: int = 64,
+        leases: Leases | None = None,
+        debits: TokenDebits | None = None,
     ) -> None:
         self._redis = redis
+        self._leases = leases or Leases()
+        self._debits = debits
+        self._renewing: set[str] = set()
         self._ledger = ledger
         self._prompts = prompts
         self._outcomes = outcomes
@@ -63,6 +75,36 @@ class Settler:
         """Hand a finished request over (never waits)."""
         self._outcomes.put(outcome)
         self._queue.put_nowait(outcome)
+
+    def touch(self, account: StreamAccount) -> None:
+        """The stream is alive: renew its slot and reservation leases when a renewal period
+        has passed since the last (never waits; one renewal per request in flight)."""
+        info = account.info
+        now = time.monotonic()
+        if now - account.renewed_at < self._leases.renew_every_s:
+            return
+        account.renewed_at = now
+        if not info.tenant_id or not info.request_id or not (info.slot or info.reserved):
+            return
+        if info.request_id in self._renewing:
+            return
+        self._renewing.add(info.request_id)
+        task = asyncio.create_task(self._renew(info))
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _renew(self, info: RequestInfo) -> None:
+        try:
+            await leases.renew(
+                self._redis, self._leases, info.tenant_id, info.key_id, info.request_id
+            )
+            RENEWALS.inc()
+        except (RedisError, OSError, TimeoutError) as exc:
+            # The next chunk tries again; two missed renewals still leave a third of a lease.
+            SETTLE_ERRORS.inc()
+            _log.warning("lease renewal failed", error=type(exc).__name__)
+        finally:
+            self._renewing.discard(info.request_id)
 
     def give_back(self, info: RequestInfo) -> None:
         """A request authz admitted but a filter after it refused (the RLS's 429, or 503 when
@@ -138,6 +180,10 @@ class Settler:
             await self._retry(
                 lambda: slots.release(self._redis, info.tenant_id, info.key_id, info.request_id)
             )
+        if not outcome.envoy_debits and self._debits is not None:
+            # Envoy never got the counts (a cut stream): tokens/min is debited from here.
+            debits = self._debits
+            await self._retry(lambda: debits.debit(info, counts.total))
         if written is not None and self._ledger.healthy:
             # (While Postgres is down, waiting would only hold reservations longer.)
             with contextlib.suppress(TimeoutError):
@@ -158,10 +204,16 @@ class Settler:
                 if asyncio.iscoroutine(result):
                     await result
                 return
-            except (RedisError, OSError, TimeoutError) as exc:
-                SETTLE_ERRORS.inc()
+            except (RedisError, OSError, TimeoutError, grpc.aio.AioRpcError) as exc:
+                rls = isinstance(exc, grpc.aio.AioRpcError)
+                (DEBIT_ERRORS if rls else SETTLE_ERRORS).inc()
                 if loop.time() >= deadline:
-                    _log.error("giving up on a Redis settlement", error=type(exc).__name__)
+                    event = (
+                        "giving up on a tokens/min debit"
+                        if rls
+                        else "giving up on a Redis settlement"
+                    )
+                    _log.error(event, error=type(exc).__name__)
                     return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

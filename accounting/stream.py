@@ -36,6 +36,44 @@ def _number(value: Any) -> int | None:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLimit:
+    """A tokens/min limit authz handed to the RLS for this request (``rl`` in its metadata)."""
+
+    name: str  # "key_tpm" | "tenant_tpm"
+    requests_per_unit: int
+    unit: str  # the RLS's unit name, e.g. "MINUTE"
+
+
+TOKEN_LIMITS = ("key_tpm", "tenant_tpm")
+
+
+def _token_limits(rl: Any) -> tuple[TokenLimit, ...]:
+    if not isinstance(rl, dict):
+        return ()
+    found: list[TokenLimit] = []
+    for name in TOKEN_LIMITS:
+        value = rl.get(name)
+        if not isinstance(value, dict):
+            continue
+        per_unit = _number(value.get("requests_per_unit"))
+        unit = value.get("unit")
+        if per_unit is not None and per_unit >= 0 and isinstance(unit, str) and unit:
+            found.append(TokenLimit(name, per_unit, unit))
+    return tuple(found)
+
+
+def _prompt_estimate(meta: dict[str, Any]) -> int:
+    """authz's estimate of the prompt's tokens (what it reserved for the prompt); without it,
+    what the reservation holds beyond the output cap; 0 when neither is known."""
+    estimate = _number(meta.get("prompt_estimate"))
+    if estimate is not None:
+        return max(0, estimate)
+    reserved = _number(meta.get("reserved")) or 0
+    max_tokens = _number(meta.get("max_tokens")) or 0
+    return max(0, reserved - max_tokens) if reserved > 0 else 0
+
+
+@dataclass(frozen=True, slots=True)
 class RequestInfo:
     """What authz decided about the request (its dynamic metadata), plus the request id."""
 
@@ -53,6 +91,8 @@ class RequestInfo:
     keep_alive_max_s: int | None = None
     slot: bool = False
     prompt_log: bool = False
+    prompt_estimate: int = 0  # authz's estimate of the prompt's tokens (its reservation's part)
+    token_limits: tuple[TokenLimit, ...] = ()  # tokens/min limits of the key and the tenant
 
     @classmethod
     def from_metadata(cls, request_id: str, meta: dict[str, Any]) -> RequestInfo:
@@ -71,6 +111,8 @@ class RequestInfo:
             keep_alive_max_s=_number(meta.get("keep_alive_max_s")),
             slot=meta.get("slot") is True,
             prompt_log=meta.get("prompt_log") is True,
+            prompt_estimate=_prompt_estimate(meta),
+            token_limits=_token_limits(meta.get("rl")),
         )
 
 
@@ -83,6 +125,9 @@ class Outcome:
     counts: Counts
     status: int
     cut: bool  # the stream ended before its end (client gone, backend reset, timeout)
+    # Envoy got the counts (ext_proc metadata ``tokens_total``): its ratelimit filter debits
+    # tokens/min at stream end. Otherwise accounting debits the RLS itself.
+    envoy_debits: bool = False
     prompt: Any = None  # the request body (prompt log only)
     completion: str = ""
     finished_at: float = field(default_factory=time.time)
@@ -118,6 +163,7 @@ class StreamAccount:
 
     def __init__(self, info: RequestInfo) -> None:
         self.info = info
+        self.renewed_at = time.monotonic()  # when its leases were taken or last renewed
         self.status = 0
         self.strip_usage = False
         self.prompt: Any = None
@@ -130,6 +176,7 @@ class StreamAccount:
         self._done = False  # [DONE] seen (OpenAI streams)
         self._ended = False
         self._started = False  # response status and framing known
+        self._told_envoy = False  # metadata() was handed to Envoy
 
     # -- request -------------------------------------------------------------------------
 
@@ -139,7 +186,10 @@ class StreamAccount:
             self.prompt = gojson.loads(raw) if raw else None
         except (ValueError, UnicodeDecodeError, RecursionError):
             self.prompt = None
-        self._tally = Tally(self.info.endpoint, estimate_tokens(_prompt_text(self.prompt)))
+        # authz's estimate covers every prompt-bearing field (it is what it reserved); this
+        # process's own four-characters-a-token guess over the text fields is the fallback.
+        estimate = self.info.prompt_estimate or estimate_tokens(_prompt_text(self.prompt))
+        self._tally = Tally(self.info.endpoint, estimate)
         limits = rewrite.Limits(
             endpoint=self.info.endpoint,
             stream=self.info.stream,
@@ -263,15 +313,24 @@ class StreamAccount:
     def final(self) -> bool:
         return self._tally.final or self._ended
 
-    def counts(self) -> Counts:
+    def counts(self, cut: bool = False) -> Counts:
+        """What the request consumed. A stream ``cut`` before its final frame is charged what
+        passed (one token per content frame) and at least the prompt authz reserved for (a
+        count the backend already gave wins when larger): hanging up before the counts come
+        must never be cheaper than reading them."""
         counts = self._tally.result()
-        if self.status >= 400 or self.status == 0:
+        if self.status >= 400 or (self.status == 0 and not cut):
             # The backend refused or never answered: nothing was generated.
             return Counts(0, 0, False, counts.error, counts.final)
+        if cut and not counts.final:
+            tokens_in = max(counts.tokens_in, self._tally.prompt_estimate)
+            return Counts(tokens_in, counts.tokens_out, True, counts.error, False)
         return counts
 
     def metadata(self) -> dict[str, Any]:
-        """Dynamic metadata for Envoy (``tokens_total`` feeds tokens/min via hits_addend)."""
+        """Dynamic metadata for Envoy (``tokens_total`` feeds tokens/min via hits_addend);
+        the caller hands it to Envoy."""
+        self._told_envoy = True
         counts = self.counts()
         values: dict[str, Any] = {
             "tokens_total": counts.total,
@@ -284,11 +343,13 @@ class StreamAccount:
         return {METADATA_NAMESPACE: values}
 
     def outcome(self, cut: bool) -> Outcome:
+        cut = cut and not self._ended
         return Outcome(
             info=self.info,
-            counts=self.counts(),
+            counts=self.counts(cut),
             status=self.status,
-            cut=cut and not self._ended,
+            cut=cut,
+            envoy_debits=self._told_envoy,
             prompt=self.prompt if self.info.prompt_log else None,
             completion=self._tally.completion if self.info.prompt_log else "",
         )

@@ -58,7 +58,13 @@ class Tally:
         self.frames = 0  # content-bearing frames seen (≈ tokens for an Ollama stream)
         self._completion: list[str] = []
         self._completion_len = 0
+        self._other_len = 0  # characters of thinking and tool calls
         self._prompt_estimate = prompt_estimate
+
+    @property
+    def prompt_estimate(self) -> int:
+        """The prompt's tokens when the backend does not say."""
+        return self._prompt_estimate
 
     # -- input ---------------------------------------------------------------------------
 
@@ -73,6 +79,10 @@ class Tally:
         text = message.get("content") if isinstance(message, dict) else frame.get("response")
         if isinstance(text, str) and text:
             self._text(text)
+        else:
+            # A frame of thinking or tool calls is generated output too.
+            source = message if isinstance(message, dict) else frame
+            self._other(source.get("thinking"), source.get("tool_calls"))
         if frame.get("done") is True or "embeddings" in frame or "embedding" in frame:
             self.final = True
             self.tokens_in = _int(frame.get("prompt_eval_count"))
@@ -145,19 +155,35 @@ class Tally:
                     text = choice.get("text")
                 if isinstance(text, str) and text:
                     self._text(text)
+                elif isinstance(delta, dict):
+                    self._other(delta.get("reasoning"), delta.get("tool_calls"))
             return
         if kind == "response.output_text.delta" and isinstance(value.get("delta"), str):
             self._text(value["delta"])
+        elif kind.startswith("response.") and kind.endswith(".delta"):
+            self._other(value.get("delta"), None)  # reasoning, function-call arguments
         elif kind == "content_block_delta":
             delta = value.get("delta")
             if isinstance(delta, dict) and isinstance(delta.get("text"), str):
                 self._text(delta["text"])
+            elif isinstance(delta, dict):
+                self._other(delta.get("thinking"), delta.get("partial_json"))
 
     def _text(self, text: str) -> None:
         self.frames += 1
         if self._completion_len < MAX_COMPLETION_CHARS:
             self._completion.append(text)
         self._completion_len += len(text)
+
+    def _other(self, text: Any, calls: Any) -> None:
+        """Output that is not the completion's text (thinking, tool calls): counted, not
+        kept."""
+        size = len(text) if isinstance(text, str) else 0
+        if not size and calls:
+            size = len(str(calls))
+        if size:
+            self.frames += 1
+            self._other_len += size
 
     # -- output --------------------------------------------------------------------------
 
@@ -180,8 +206,9 @@ class Tally:
             tokens_in = self._prompt_estimate
             estimated = True
         if tokens_out is None:
-            # A stream carries one token per content frame; a whole body is estimated by size.
-            by_chars = (self._completion_len + 3) // 4
-            tokens_out = self.frames if self.frames > 1 else by_chars
+            # A stream carries (at least) one token per content frame; a whole body is
+            # estimated by size.
+            by_chars = (self._completion_len + self._other_len + 3) // 4
+            tokens_out = self.frames if self.frames > 1 else max(self.frames, by_chars)
             estimated = True
         return Counts(tokens_in, tokens_out, estimated, self.error, self.final)

@@ -1,8 +1,9 @@
 """Usage reports: tokens and requests per tenant, key and model over a time window.
 
 Tokens come from the ledger (``gateway.budget_ledger``: one row per accounted request), request
-counts from the audit log (``gateway.audit_log``: every request, allowed or denied). Both are
-read at the finest grain (tenant, key, model) and rolled up here to the dimensions asked for.
+counts from the audit log (``gateway.audit_log``: every request, allowed or denied; a row
+stands for ``count`` requests, as unauthenticated denials are aggregated). Both are read at the
+finest grain (tenant, key, model) and rolled up here to the dimensions asked for.
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ SELECT l.tenant_id::text AS tenant_id, t.name AS tenant, l.key_id::text AS key_i
 
 _AUDIT_SQL = """
 SELECT a.tenant_id::text AS tenant_id, t.name AS tenant, k.id::text AS key_id,
-       a.key_prefix, a.model, count(*) AS requests,
-       count(*) FILTER (WHERE a.status >= 400) AS denied
+       a.key_prefix, a.model, sum(a.count)::bigint AS requests,
+       coalesce(sum(a.count) FILTER (WHERE a.status >= 400), 0)::bigint AS denied
   FROM gateway.audit_log a
   LEFT JOIN gateway.tenants t ON t.id = a.tenant_id
   LEFT JOIN gateway.api_keys k ON k.prefix = a.key_prefix

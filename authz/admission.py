@@ -22,6 +22,7 @@ from redis.exceptions import NoScriptError, RedisError
 from authz.principal import Principal
 from gateway import budgets, periods, slots
 from gateway.budgets import Budget
+from gateway.leases import Leases
 from gateway.periods import Period
 
 DENY_MODE_KEY = "nz:deny_mode"
@@ -78,7 +79,7 @@ end
 for j = 1, ns do
   local zs = KEYS[2 * nb + j]
   redis.call('ZADD', zs, slot_expiry, rid)
-  redis.call('EXPIRE', zs, ttl)
+  redis.call('EXPIRE', zs, math.max(ttl, math.ceil(slot_expiry - now)))
 end
 if nb == 0 then return {0, 0, 0, 0} end
 local amount = math.min(want, minrem)
@@ -92,7 +93,8 @@ for i = 1, nb do
   redis.call('EXPIRE', KEYS[2 * i] .. ':sum', ttl)
   counters[i] = {KEYS[2 * i - 1], KEYS[2 * i]}
 end
-redis.call('SET', KEYS[#KEYS], cjson.encode({m = member, p = counters}), 'EX', ttl)
+-- The record outlives the reservation (ARGV[#ARGV]): a late settlement still finds it.
+redis.call('SET', KEYS[#KEYS], cjson.encode({m = member, p = counters}), 'EX', ARGV[#ARGV])
 return {0, mini, minrem, amount}
 """
 
@@ -153,9 +155,12 @@ def slots_for(principal: Principal) -> list[tuple[str, int]]:
 
 
 class Admitter:
-    def __init__(self, redis: aioredis.Redis, db: asyncpg.Pool) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, db: asyncpg.Pool, leases: Leases | None = None
+    ) -> None:
         self._redis = redis
         self._db = db
+        self._leases = leases or Leases()
         self._sha = ""
 
     async def load(self) -> None:
@@ -217,11 +222,12 @@ class Admitter:
             max(0, want),
             request_id,
             "1" if take else "0",
-            budgets.RESERVATION_TTL_S,
-            clock + slots.LEASE_S,
+            self._leases.reservation_s,
+            clock + self._leases.slot_s,
             max(1, need),
             *(b.limit for b in found),
             *(limit for _, limit in limits),
+            self._leases.record_ttl_s,
         ]
         try:
             denied, raw = await self._pipeline(keys, args)

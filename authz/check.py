@@ -4,7 +4,9 @@ Order matters and is part of the contract: a request without a valid key learns 
 401; a valid key learns 403 for any path or model it may not use (one identical body for a
 blocked endpoint, an unknown model and a model outside its effective set); 400/413/415 for a
 body it cannot use; 429 when a budget or its concurrency is exhausted; 503 whenever a check
-cannot be made (Postgres or Redis down, deny mode) — never an allow.
+cannot be made (Postgres or Redis down, deny mode) — never an allow. A key the RLS announced
+it is refusing gets the RLS's 429 right after the endpoint check, its body unread
+(:mod:`authz.throttle`).
 """
 
 from __future__ import annotations
@@ -16,15 +18,16 @@ from urllib.parse import unquote
 
 from prometheus_client import Counter
 
-from authz import endpoints, listings, models, payload
+from authz import endpoints, fields, listings, models, payload
 from authz.admission import Admission, Admitter, Outcome
 from authz.admission import StoreUnavailable as AdmissionUnavailable
 from authz.decision import Allow, Decision, deny, json_reply
 from authz.discovery import Discovery
 from authz.endpoints import Endpoint, Kind, Scope
-from authz.keys import KeyStore, StoreUnavailable
+from authz.keys import AddressThrottled, KeyStore, StoreUnavailable
 from authz.principal import Principal
 from authz.request import AuthzRequest
+from authz.throttle import Throttles
 from gateway import apikeys, gojson, logs
 
 _UNAUTHORIZED_HEADERS = {"www-authenticate": 'Bearer realm="neuronetz"'}
@@ -32,6 +35,7 @@ _RATE_FIELDS = (
     ("rpm", "requests_per_minute"),
     ("tpm", "tokens_per_minute"),
 )
+_RATE_LIMITED = frozenset({Kind.INFERENCE, Kind.VERSION})  # the requests authz sends to the RLS
 DECISIONS = Counter("authz_decisions_total", "ext_authz answers", ["tenant", "status"])
 _log = logs.get("authz.check")
 
@@ -72,7 +76,12 @@ class Authorizer:
         admitter: Admitter,
         discovery: Discovery,
         max_request_bytes: int,
+        throttles: Throttles | None = None,
+        inert_options: frozenset[str] = frozenset(),
     ) -> None:
+        self._inert_options = inert_options  # options every tenant may send (backend ignores)
+        # What the RLS announced it refuses (none heard without a subscriber).
+        self._throttles = Throttles() if throttles is None else throttles
         self._keys = keys
         self._admitter = admitter
         self._discovery = discovery
@@ -103,7 +112,17 @@ class Authorizer:
 
     async def _check(self, req: AuthzRequest) -> tuple[Decision, str]:
         presented = presented_key(req)
-        principal = None if presented is None else await self._keys.lookup(presented)
+        try:
+            principal = (
+                None if presented is None else await self._keys.lookup(presented, req.client_ip)
+            )
+        except AddressThrottled as throttled:
+            # Too many failed checks from this address: the key was not checked (no argon2, no
+            # Postgres) and deny mode is not read either (a 429 is no allow).
+            headers = {"retry-after": str(throttled.retry_after_s)}
+            if req.surface == "openai":
+                headers["retry-after-ms"] = str(throttled.retry_after_s * 1000)
+            return deny(429, req.surface, headers), ""
         if principal is None or not principal.usable(datetime.now(UTC)):
             return await self._refuse(401, req, headers=_UNAUTHORIZED_HEADERS), ""
         identity: dict[str, Any] = {
@@ -117,6 +136,12 @@ class Authorizer:
         if endpoint is None or endpoint.scope not in principal.scopes:
             return await self._refuse(403, req, metadata=identity), principal.tenant
         identity["endpoint"] = endpoint.path
+        if endpoint.kind in _RATE_LIMITED:
+            # The RLS is refusing this key or its tenant: its 429 now, no body read (and, like
+            # any 429, no deny-mode read: a refusal serves nothing).
+            refused = self._throttles.refusal(principal, req.surface, identity)
+            if refused is not None:
+                return refused, principal.tenant
         if len(req.body) > self._max_body:
             return await self._refuse(413, req, metadata=identity), principal.tenant
         if endpoint.kind is Kind.INFERENCE:
@@ -130,11 +155,16 @@ class Authorizer:
             body = payload.parse(req, embeddings=endpoint.scope is Scope.EMBEDDINGS)
         except payload.BadRequest as bad:
             return await self._refuse(bad.status, req, metadata=meta)
+        allowed = principal.allowed_options | self._inert_options
+        if not fields.options_allowed(body.options, allowed, principal.max_num_ctx):
+            return await self._refuse(400, req, metadata=meta)
         model = models.permits(principal, self._discovery.models(), body.model)
         if model is None:
             return await self._refuse(403, req, metadata=meta)
         embeddings = endpoint.scope is Scope.EMBEDDINGS
-        cap = 0 if embeddings else (body.output_cap or principal.default_max_tokens)
+        # What it asks (or the tenant's default), never above the tenant's or gateway's ceiling.
+        asked = body.output_cap or principal.default_max_tokens
+        cap = 0 if embeddings else min(asked, principal.max_output_tokens, fields.OUTPUT_CEILING)
         request_id = req.request_id or str(uuid.uuid4())
         admission = await self._admitter.admit(
             principal,
@@ -153,6 +183,7 @@ class Authorizer:
             stream=body.stream,
             rl=rate_overrides(principal),
             reserved=admission.reserved,
+            prompt_estimate=body.prompt_estimate,  # a cut stream is charged at least this
             max_tokens=cap,
             keep_alive_min_s=principal.keep_alive_min_s,
             keep_alive_max_s=principal.keep_alive_max_s,

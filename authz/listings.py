@@ -93,6 +93,28 @@ async def _ps_one(session: aiohttp.ClientSession, backend: str) -> list[dict[str
     return [m for m in models if isinstance(m, dict)] if isinstance(models, list) else None
 
 
+# The fields of Ollama's ``ProcessModelResponse`` (api/types.go): nothing else is passed on.
+PS_FIELDS = (
+    "name",
+    "model",
+    "size",
+    "digest",
+    "details",
+    "expires_at",
+    "size_vram",
+    "context_length",
+)
+
+
+def ps_entry(entry: dict[str, Any], effective: frozenset[str]) -> dict[str, Any] | None:
+    """A running model as the caller may see it: every name it carries (``model`` and
+    ``name``) in the caller's effective set, only Ollama's documented fields; else None."""
+    names = [entry.get(field) for field in ("model", "name") if entry.get(field) is not None]
+    if not names or not all(isinstance(n, str) and canonical(n) in effective for n in names):
+        return None
+    return {field: entry[field] for field in PS_FIELDS if field in entry}
+
+
 async def ps(
     session: aiohttp.ClientSession, backends: list[str], effective: frozenset[str]
 ) -> dict[str, Any]:
@@ -100,10 +122,5 @@ async def ps(
     answers = await asyncio.gather(*(_ps_one(session, url) for url in backends))
     if backends and all(a is None for a in answers):
         raise UpstreamError("no backend answered /api/ps")
-    running = [
-        entry
-        for answer in answers
-        for entry in answer or []
-        if canonical(str(entry.get("model") or entry.get("name") or "")) in effective
-    ]
-    return {"models": running}
+    shown = (ps_entry(entry, effective) for answer in answers for entry in answer or [])
+    return {"models": [entry for entry in shown if entry is not None]}

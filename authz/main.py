@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from authz import server
+from authz import fields, server
 from authz.admission import Admitter
 from authz.check import Authorizer
 from authz.discovery import Discovery
 from authz.keys import KeyStore
 from authz.revocations import RevocationListener
+from authz.throttle import Subscriber, Throttles
 from gateway import apikeys, grpcserver, logs, metrics
+from gateway.leases import Leases
 from gateway.settings import Settings
 from gateway.storage import pg_pool, redis_client
 
@@ -26,19 +28,37 @@ async def run(cfg: Settings) -> None:
     pool = await pg_pool(cfg.database_url)
     redis = redis_client(cfg.redis_url, cfg.redis_timeout_s)
     ph = apikeys.hasher(cfg.argon2_time_cost, cfg.argon2_memory_kib)
-    keys = KeyStore(pool, redis, ph, cfg.key_cache_ttl_s)
-    admitter = Admitter(redis, pool)
+    keys = KeyStore(
+        pool,
+        redis,
+        ph,
+        cfg.key_cache_ttl_s,
+        verified_ttl_s=cfg.verified_key_ttl_s,
+        address_limit=cfg.key_failures_per_address,
+        address_window_s=cfg.key_failure_window_s,
+    )
+    admitter = Admitter(redis, pool, Leases(cfg.slot_lease_s, cfg.reservation_lease_s))
     discovery = Discovery(cfg.ollama_urls, redis, cfg.discovery_interval_s, cfg.discovery_ttl_s)
     with contextlib.suppress(Exception):  # Redis may be late; the first Check loads it again
         await admitter.load()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(discovery.refresh(), _FIRST_DISCOVERY_S)
     listener = RevocationListener(cfg.database_url, keys)
+    throttles = Throttles()  # the RLS's refusals, heard on Redis pub/sub
+    subscriber = Subscriber(cfg.redis_url, throttles, cfg.redis_timeout_s)
     background = [
         asyncio.create_task(discovery.run(), name="discovery"),
         asyncio.create_task(listener.run(), name="revocations"),
+        asyncio.create_task(subscriber.run(), name="throttles"),
     ]
-    authorizer = Authorizer(keys, admitter, discovery, cfg.max_request_bytes)
+    authorizer = Authorizer(
+        keys,
+        admitter,
+        discovery,
+        cfg.max_request_bytes,
+        throttles,
+        inert_options=fields.inert_options(cfg.inert_options),
+    )
     grpc_server = await grpcserver.start(
         cfg.authz_listen, [server.register(authorizer)], [server.SERVICE_NAME]
     )

@@ -1,6 +1,8 @@
 """Who is calling: the key and its tenant, with every limit resolved key → tenant.
 
 A NULL on the key inherits the tenant's value; this module is the one place that rule lives.
+The body ceilings (``max_output_tokens``, ``max_num_ctx``, ``allowed_options``) resolve the same
+way, and a NULL on the tenant too takes the gateway's default (:mod:`authz.fields`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+
+from authz import fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,10 @@ class Principal:
     default_max_tokens: int
     keep_alive_min_s: int
     keep_alive_max_s: int
+    # Resolved key → tenant → default, like the model policy.
+    max_output_tokens: int = fields.OUTPUT_CEILING  # the output cap never goes above this
+    max_num_ctx: int | None = None  # None: the request may not set num_ctx
+    allowed_options: frozenset[str] = fields.DEFAULT_OPTIONS  # besides num_predict, num_ctx
 
     def usable(self, now: datetime) -> bool:
         return self.active and (self.expires_at is None or self.expires_at > now)
@@ -58,6 +66,7 @@ class Principal:
         data["expires_at"] = None if self.expires_at is None else self.expires_at.isoformat()
         data["scopes"] = sorted(self.scopes)
         data["allowed_models"] = sorted(self.allowed_models)
+        data["allowed_options"] = sorted(self.allowed_options)
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
@@ -67,6 +76,8 @@ class Principal:
         data["expires_at"] = None if expires is None else datetime.fromisoformat(expires)
         data["scopes"] = frozenset(data["scopes"])
         data["allowed_models"] = frozenset(data["allowed_models"])
+        if "allowed_options" in data:
+            data["allowed_options"] = frozenset(data["allowed_options"])
         data["key_limits"] = Limits(**data["key_limits"])
         data["tenant_limits"] = Limits(**data["tenant_limits"])
         return cls(**data)
@@ -96,7 +107,10 @@ SELECT k.id::text AS key_id, k.prefix, k.key_hash, k.status, k.expires_at, k.sco
        tl.budget_total AS t_budget_total,
        COALESCE(tl.default_max_tokens, 1024) AS default_max_tokens,
        COALESCE(tl.keep_alive_min_s, 60) AS keep_alive_min_s,
-       COALESCE(tl.keep_alive_max_s, 1800) AS keep_alive_max_s
+       COALESCE(tl.keep_alive_max_s, 1800) AS keep_alive_max_s,
+       COALESCE(kl.max_output_tokens, tl.max_output_tokens) AS max_output_tokens,
+       COALESCE(kl.max_num_ctx, tl.max_num_ctx) AS max_num_ctx,
+       COALESCE(kl.allowed_options, tl.allowed_options) AS allowed_options
   FROM gateway.api_keys k
   JOIN gateway.tenants t ON t.id = k.tenant_id
   LEFT JOIN gateway.key_limits kl ON kl.key_id = k.id
@@ -108,6 +122,7 @@ SELECT k.id::text AS key_id, k.prefix, k.key_hash, k.status, k.expires_at, k.sco
 def from_row(row: asyncpg.Record) -> Principal:
     k_allow_all = row["k_allow_all"]
     k_models = row["k_models"]
+    options = row["allowed_options"]
     return Principal(
         key_id=row["key_id"],
         prefix=row["prefix"],
@@ -126,4 +141,9 @@ def from_row(row: asyncpg.Record) -> Principal:
         default_max_tokens=row["default_max_tokens"],
         keep_alive_min_s=row["keep_alive_min_s"],
         keep_alive_max_s=row["keep_alive_max_s"],
+        max_output_tokens=row["max_output_tokens"] or fields.OUTPUT_CEILING,
+        max_num_ctx=row["max_num_ctx"],
+        allowed_options=(
+            fields.DEFAULT_OPTIONS if options is None else frozenset(options) - fields.GOVERNED
+        ),
     )

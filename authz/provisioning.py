@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ import asyncpg
 from argon2 import PasswordHasher
 from asyncpg.pool import PoolConnectionProxy
 
+from authz import fields
 from gateway import apikeys
 
 TENANT_LIMIT_COLUMNS = (
@@ -35,6 +37,8 @@ TENANT_LIMIT_COLUMNS = (
     "keep_alive_max_s",
 )
 KEY_LIMIT_COLUMNS = TENANT_LIMIT_COLUMNS[:6]
+# What a request body may ask for, on tenants and keys alike (NULL: the default / inherit).
+CEILING_COLUMNS = ("max_output_tokens", "max_num_ctx", "allowed_options")
 # Tenant columns that cannot be NULL: "clearing" one restores its default.
 _TENANT_DEFAULTED = frozenset(
     {"allow_all", "allowed_models", "allow_cloud", *TENANT_LIMIT_COLUMNS[6:]}
@@ -51,8 +55,13 @@ _TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}")
 _MAX_LIMIT = 1 << 62
 _INT32_COLUMNS = frozenset(
-    {"requests_per_minute", "tokens_per_minute", "max_concurrent", *TENANT_LIMIT_COLUMNS[6:]}
+    {
+        *("requests_per_minute", "tokens_per_minute", "max_concurrent"),
+        *TENANT_LIMIT_COLUMNS[6:],
+        "max_num_ctx",
+    }
 )
+_AT_LEAST_ONE = frozenset({"default_max_tokens", "max_output_tokens", "max_num_ctx"})
 
 
 class ProvisioningError(Exception):
@@ -94,6 +103,21 @@ def check_tenant_name(name: str) -> str:
     return name
 
 
+def check_text(what: str, value: str, max_chars: int) -> str:
+    """A free-text field (a key's name, a reason): at most ``max_chars`` characters and no
+    control character (C0, DEL, C1: a NUL Postgres cannot store, line breaks and escapes that
+    forge log lines or rewrite a terminal). The message never repeats the value."""
+    if len(value) > max_chars:
+        raise InvalidArgument(f"{what} is longer than {max_chars} characters")
+    for position, char in enumerate(value):
+        if unicodedata.category(char) == "Cc":
+            raise InvalidArgument(
+                f"{what} must not contain control characters"
+                f" (U+{ord(char):04X} at position {position})"
+            )
+    return value
+
+
 def check_models(models: Iterable[str]) -> list[str]:
     result: list[str] = []
     for model in models:
@@ -114,23 +138,41 @@ def check_scopes(scopes: Iterable[str]) -> list[str]:
     return result
 
 
-def check_limits(limits: Mapping[str, Any], allowed: Iterable[str]) -> dict[str, int | None]:
+def check_options(names: Any) -> list[str]:
+    """``allowed_options``: a list of Ollama option names (see :mod:`authz.fields`)."""
+    if isinstance(names, str) or not isinstance(names, Iterable):
+        raise InvalidArgument("allowed_options must be a list of option names")
+    listed = list(names)
+    if not all(isinstance(n, str) for n in listed):
+        raise InvalidArgument("allowed_options must be a list of option names")
+    try:
+        return fields.check_option_names(listed)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
+
+
+def check_limits(limits: Mapping[str, Any], allowed: Iterable[str]) -> dict[str, Any]:
     allowed_set = set(allowed)
     unknown = sorted(set(limits) - allowed_set)
     if unknown:
         raise InvalidArgument(f"unknown limits: {unknown}")
-    result: dict[str, int | None] = {}
+    result: dict[str, Any] = {}
     for name, value in limits.items():
         if value is None:
             result[name] = None
             continue
+        if name == "allowed_options":
+            result[name] = check_options(value)
+            continue
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidArgument(f"{name} must be an integer")
         top = (1 << 31) - 1 if name in _INT32_COLUMNS else _MAX_LIMIT
+        if name == "max_output_tokens":
+            top = fields.OUTPUT_CEILING
         if not 0 <= value <= top:
             raise InvalidArgument(f"{name} must be between 0 and {top}, not {value}")
-        if name == "default_max_tokens" and value == 0:
-            raise InvalidArgument("default_max_tokens must be at least 1")
+        if name in _AT_LEAST_ONE and value == 0:
+            raise InvalidArgument(f"{name} must be at least 1")
         result[name] = value
     low, high = result.get("keep_alive_min_s"), result.get("keep_alive_max_s")
     if low is not None and high is not None and high < low:
@@ -178,7 +220,7 @@ async def create_tenant(
 ) -> str:
     check_tenant_name(name)
     models = check_models(allowed_models)
-    values = check_limits(limits, TENANT_LIMIT_COLUMNS)
+    values = check_limits(limits, (*TENANT_LIMIT_COLUMNS, *CEILING_COLUMNS))
     values = {k: v for k, v in values.items() if v is not None or k not in _TENANT_DEFAULTED}
     if isinstance(conn, asyncpg.Pool):
         async with conn.acquire() as acquired:
@@ -223,14 +265,15 @@ def _assignments(changes: Mapping[str, Any], defaulted: frozenset[str]) -> tuple
 
 async def update_tenant(conn: Connection, tenant_id: str, changes: Mapping[str, Any]) -> None:
     """Write ``changes`` (column → value; None clears to NULL or the column's default)."""
-    unknown = sorted(set(changes) - {*TENANT_COLUMNS, *TENANT_LIMIT_COLUMNS})
+    limit_columns = (*TENANT_LIMIT_COLUMNS, *CEILING_COLUMNS)
+    unknown = sorted(set(changes) - {*TENANT_COLUMNS, *limit_columns})
     if unknown:
         raise InvalidArgument(f"cannot change {unknown} on a tenant")
     row_changes = {k: v for k, v in changes.items() if k in TENANT_COLUMNS}
     if row_changes.get("allowed_models") is not None:
         row_changes["allowed_models"] = check_models(row_changes["allowed_models"])
     limit_changes = check_limits(
-        {k: v for k, v in changes.items() if k in TENANT_LIMIT_COLUMNS}, TENANT_LIMIT_COLUMNS
+        {k: v for k, v in changes.items() if k in limit_columns}, limit_columns
     )
     try:
         async with conn.transaction():
@@ -303,9 +346,8 @@ async def create_key(
 ) -> CreatedKey:
     scope_list = None if scopes is None else check_scopes(scopes)
     models = None if allowed_models is None else check_models(allowed_models)
-    values = check_limits(limits, KEY_LIMIT_COLUMNS)
-    if len(name) > 200:
-        raise InvalidArgument("key name is longer than 200 characters")
+    values = check_limits(limits, (*KEY_LIMIT_COLUMNS, *CEILING_COLUMNS))
+    check_text("the key name", name, 200)
     if isinstance(conn, asyncpg.Pool):
         async with conn.acquire() as acquired:
             return await create_key(
@@ -347,7 +389,8 @@ async def create_key(
 
 async def update_key(conn: Connection, key_id: str, changes: Mapping[str, Any]) -> None:
     """Write ``changes`` (column → value; None clears a nullable column: inherit)."""
-    unknown = sorted(set(changes) - {*KEY_COLUMNS, *KEY_LIMIT_COLUMNS})
+    limit_columns = (*KEY_LIMIT_COLUMNS, *CEILING_COLUMNS)
+    unknown = sorted(set(changes) - {*KEY_COLUMNS, *limit_columns})
     if unknown:
         raise InvalidArgument(f"cannot change {unknown} on a key")
     row_changes = {k: v for k, v in changes.items() if k in KEY_COLUMNS}
@@ -358,10 +401,9 @@ async def update_key(conn: Connection, key_id: str, changes: Mapping[str, Any]) 
     for column in ("name", "prompt_log"):
         if column in row_changes and row_changes[column] is None:
             raise InvalidArgument(f"{column} cannot be cleared")
-    if len(row_changes.get("name") or "") > 200:
-        raise InvalidArgument("key name is longer than 200 characters")
+    check_text("the key name", row_changes.get("name") or "", 200)
     limit_changes = check_limits(
-        {k: v for k, v in changes.items() if k in KEY_LIMIT_COLUMNS}, KEY_LIMIT_COLUMNS
+        {k: v for k, v in changes.items() if k in limit_columns}, limit_columns
     )
     try:
         async with conn.transaction():
@@ -398,8 +440,7 @@ async def revoke_key(conn: Connection, key_id: str, reason: str) -> bool:
     reason = reason.strip()
     if not reason:
         raise InvalidArgument("a revocation needs a reason")
-    if len(reason) > 500:
-        raise InvalidArgument("the reason is longer than 500 characters")
+    check_text("the reason", reason, 500)
     async with conn.transaction():
         status = await conn.fetchval(
             "SELECT status FROM gateway.api_keys WHERE id = $1 FOR UPDATE", key_id

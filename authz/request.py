@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import Counter
+
 from gateway import gojson
+
+BODIES_PARSED = Counter("authz_bodies_parsed_total", "request bodies authz parsed as JSON")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,5 +34,7 @@ class AuthzRequest:
         """The body parsed as Ollama reads it (memoised, :mod:`gateway.gojson`); raises
         ValueError when it is not JSON or Ollama could read it differently."""
         if not self._json:
+            if self.body:
+                BODIES_PARSED.inc()
             self._json.append(gojson.loads(self.body) if self.body else None)
         return self._json[0]

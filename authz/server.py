@@ -78,7 +78,8 @@ def to_response(decision: Decision) -> Any:
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED),
         denied_response=denied,
-        dynamic_metadata=_struct(decision.metadata),
+        # `status`: the audit row's status (Envoy logs 200 for a local reply sent as gRPC).
+        dynamic_metadata=_struct({**decision.metadata, "status": decision.status}),
     )
 
 

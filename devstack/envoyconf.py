@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -14,6 +15,23 @@ import yaml
 
 # The shipped configs (envoy/, package data of `gateway`): what the local stack renders.
 ENVOY_DIR: Traversable = files("gateway") / "envoy"
+
+
+HCM = "envoy.filters.network.http_connection_manager"
+FIXED_HEAP = "envoy.resource_monitors.fixed_heap"
+DOWNSTREAM_CONNECTIONS = "envoy.resource_monitors.global_downstream_max_connections"
+
+
+@dataclass(frozen=True)
+class EdgeLimits:
+    """Envoy's edge limits (docs/PLATFORM.md, "Edge limits") where a rendered config wants other
+    values than the shipped one: a smaller machine, or a test that must not wait 10 s. None
+    keeps the shipped value."""
+
+    max_heap_size_bytes: int | None = None
+    max_downstream_connections: int | None = None
+    request_headers_timeout_s: float | None = None
+    request_timeout_s: float | None = None
 
 
 def url_endpoint(url: str) -> tuple[str, int]:
@@ -27,9 +45,13 @@ def render(
     listener_port: int,
     admin_port: int,
     clusters: Mapping[str, Sequence[tuple[str, int]]],
+    edge: EdgeLimits | None = None,
 ) -> dict[str, Any]:
-    """The config at ``source`` with the listener, admin and named clusters re-pointed."""
+    """The config at ``source`` with the listener, admin and named clusters re-pointed, and
+    the ``edge`` limits that are set."""
     config: dict[str, Any] = yaml.safe_load(source.read_text(encoding="utf-8"))
+    if edge is not None:
+        _apply_edge(config, edge)
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
     for listener in config["static_resources"]["listeners"]:
         if listener["name"] == "gateway":
@@ -53,6 +75,34 @@ def render(
             for index, (host, port) in enumerate(endpoints)
         ]
     return config
+
+
+def _apply_edge(config: dict[str, Any], edge: EdgeLimits) -> None:
+    monitors = {
+        m["name"]: m["typed_config"]
+        for m in config.get("overload_manager", {}).get("resource_monitors", [])
+    }
+    if edge.max_heap_size_bytes is not None:
+        monitors[FIXED_HEAP]["max_heap_size_bytes"] = edge.max_heap_size_bytes
+    if edge.max_downstream_connections is not None:
+        limit = edge.max_downstream_connections
+        monitors[DOWNSTREAM_CONNECTIONS]["max_active_downstream_connections"] = limit
+    for hcm in http_connection_managers(config):
+        if edge.request_headers_timeout_s is not None:
+            hcm["request_headers_timeout"] = f"{edge.request_headers_timeout_s}s"
+        if edge.request_timeout_s is not None:
+            hcm["request_timeout"] = f"{edge.request_timeout_s}s"
+
+
+def http_connection_managers(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The HTTP connection managers of every listener (their typed configs, not copies)."""
+    return [
+        flt["typed_config"]
+        for listener in config["static_resources"]["listeners"]
+        for chain in listener["filter_chains"]
+        for flt in chain["filters"]
+        if flt["name"] == HCM
+    ]
 
 
 def write(config: Mapping[str, Any], path: Path) -> Path:

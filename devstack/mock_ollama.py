@@ -32,7 +32,9 @@ object is read too, a field real Ollama ignores there):
   Ollama omits them e.g. for a fully cached prompt); the OpenAI/Anthropic usage then reports 0,
   exactly as Ollama's compatibility layers do when the metrics are missing.
 * ``mock_frame_delay_ms`` (int): pause between streamed frames (the default is the server's
-  ``--frame-delay-s``), for tests that need a stream to be slow or cut mid-way.
+  ``--frame-delay-s``), for tests that need a stream to be slow or cut mid-way. The request
+  header ``x-mock-frame-delay-ms`` does the same where the body may carry no ``options`` (the
+  gateway admits only the fields each endpoint documents); the body's knob wins.
 
 Introspection: ``GET /_mock/requests`` lists the last 200 requests received (method, path,
 lower-case headers, parsed body, raw body), so tests can prove what reached the model server.
@@ -282,6 +284,10 @@ class _Body:
 
 _BODY: contextvars.ContextVar[_Body | None] = contextvars.ContextVar(
     "mock_ollama_body", default=None
+)
+# The ``x-mock-frame-delay-ms`` header of the request being answered.
+_DELAY_HEADER: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "mock_ollama_delay_header", default=None
 )
 
 
@@ -567,6 +573,9 @@ class _Handlers:
 
     def plan(self, prompt_words: int, n_out: Any, opts: JSONObj) -> _Plan:
         delay_ms = _as_count(opts.get("mock_frame_delay_ms"))
+        header = _DELAY_HEADER.get()
+        if delay_ms is None and header is not None and header.isdigit():
+            delay_ms = int(header)
         delay = self.state.frame_delay_s if delay_ms is None else delay_ms / 1000
         return _Plan.build(prompt_words, n_out, opts, delay)
 
@@ -1454,6 +1463,7 @@ def _middleware(state: MockOllama) -> Middleware:
             )
         )
         token = _BODY.set(body)
+        delay_token = _DELAY_HEADER.set(request.headers.get("x-mock-frame-delay-ms"))
         try:
             return await handler(request)
         except _ApiError as exc:
@@ -1463,6 +1473,7 @@ def _middleware(state: MockOllama) -> Middleware:
             return web.Response(status=404, text="404 page not found", content_type="text/plain")
         finally:
             _BODY.reset(token)
+            _DELAY_HEADER.reset(delay_token)
 
     return record_and_translate
 

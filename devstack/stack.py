@@ -8,9 +8,11 @@ import secrets
 import shutil
 import signal
 import tempfile
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -40,6 +42,7 @@ class StackConfig:
     admin_token: str = ""
     log_level: str = "warning"
     extra_env: dict[str, str] = field(default_factory=dict)
+    edge: envoyconf.EdgeLimits = field(default_factory=envoyconf.EdgeLimits)  # shipped values
 
 
 @dataclass
@@ -189,6 +192,9 @@ class Stack:
                 "NZ_LOG_LEVEL": self.config.log_level,
             }
         )
+        if "mock_ollama" in self.procs:
+            # The mock's test knobs ride in Ollama's options: let authz pass them.
+            env["NZ_INERT_OPTIONS"] = "mock_frame_delay_ms,mock_error_after,mock_omit_counts"
         for name in ("authz", "ratelimit", "accounting", "admin"):
             if name in self.ports:
                 env[f"NZ_{name.upper()}_LISTEN"] = f"127.0.0.1:{self.ports[name]}"
@@ -208,13 +214,19 @@ class Stack:
         """The service's Prometheus endpoint (tests read counters from it)."""
         return f"http://127.0.0.1:{self.ports[f'{service}_metrics']}/metrics"
 
+    def envoy_config(
+        self, listener: int, admin: int, edge: envoyconf.EdgeLimits | None = None
+    ) -> dict[str, Any]:
+        """The shipped Envoy config pointed at this stack's services and model servers."""
+        clusters = {name: [("127.0.0.1", self.ports[name])] for name in SERVICES}
+        clusters["ollama"] = [envoyconf.url_endpoint(url) for url in self.ollama_urls]
+        source = envoyconf.ENVOY_DIR / "envoy.yaml"
+        return envoyconf.render(source, listener, admin, clusters, edge or self.config.edge)
+
     def _start_envoy(self) -> None:
         listener = self.config.listener_port or free_port()
         admin = free_port()
-        clusters = {name: [("127.0.0.1", self.ports[name])] for name in SERVICES}
-        clusters["ollama"] = [envoyconf.url_endpoint(url) for url in self.ollama_urls]
-        rendered = envoyconf.render(envoyconf.ENVOY_DIR / "envoy.yaml", listener, admin, clusters)
-        path = envoyconf.write(rendered, self.work_dir / "envoy.yaml")
+        path = envoyconf.write(self.envoy_config(listener, admin), self.work_dir / "envoy.yaml")
         self.envoy_admin = f"http://127.0.0.1:{admin}"
         self.listener = f"http://127.0.0.1:{listener}"
         self._proc(
@@ -223,6 +235,23 @@ class Stack:
             listener,
             ready=lambda: _http_ok(f"{self.envoy_admin}/ready"),
         ).start()
+
+    def second_envoy(self, name: str, edge: envoyconf.EdgeLimits) -> tuple[Proc, str]:
+        """Another Envoy beside the stack's, on the same services, with other edge limits (the
+        tests of those limits): its process, started (the caller stops it), and its URL."""
+        listener, admin = free_port(), free_port()
+        path = envoyconf.write(
+            self.envoy_config(listener, admin, edge), self.work_dir / f"{name}.yaml"
+        )
+        proc = Proc(
+            name,
+            envoy_argv(path, self.work_dir / "logs" / f"{name}.log"),
+            self.work_dir / "logs",
+            port=listener,
+            ready=lambda: _http_ok(f"http://127.0.0.1:{admin}/ready"),
+        )
+        proc.start()
+        return proc, f"http://127.0.0.1:{listener}"
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -242,7 +271,17 @@ def _http_ok(url: str) -> bool:
 
 
 async def _create_database(admin_url: str) -> None:
-    conn = await asyncpg.connect(admin_url)
+    # An open port is not a ready server: PostgreSQL answers "the database system is starting
+    # up" until recovery ends, which on a busy machine outlasts the port check.
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            conn = await asyncpg.connect(admin_url)
+            break
+        except asyncpg.CannotConnectNowError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'gateway'")
         if not exists:

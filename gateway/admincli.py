@@ -116,6 +116,17 @@ def _limits(args: argparse.Namespace, pb: Any) -> Any:
     return pb.Limits(**values)
 
 
+def _ceilings(args: argparse.Namespace, pb: Any) -> Any:
+    ceilings = pb.Ceilings()
+    if args.max_output_tokens is not None:
+        ceilings.max_output_tokens = args.max_output_tokens
+    if args.max_num_ctx is not None:
+        ceilings.max_num_ctx = args.max_num_ctx
+    if args.allow_option:
+        ceilings.allowed_options.CopyFrom(pb.OptionList(options=args.allow_option))
+    return ceilings
+
+
 def _timestamp(text: str) -> datetime:
     when = datetime.fromisoformat(text)
     return when if when.tzinfo else when.replace(tzinfo=UTC)
@@ -136,6 +147,7 @@ def _create_tenant(args: argparse.Namespace, pb: Any) -> tuple[str, Message]:
         allowed_models=pb.ModelList(models=args.model),
         allow_cloud=args.allow_cloud,
         limits=_limits(args, pb),
+        ceilings=_ceilings(args, pb),
     )
 
 
@@ -146,6 +158,7 @@ def _create_key(args: argparse.Namespace, pb: Any) -> tuple[str, Message]:
         scopes=[pb.Scope.Value(f"SCOPE_{s.upper()}") for s in args.scope],
         prompt_log=args.prompt_log,
         limits=_limits(args, pb),
+        ceilings=_ceilings(args, pb),
     )
     if args.model:
         request.allowed_models.CopyFrom(pb.ModelList(models=args.model))
@@ -252,6 +265,17 @@ def _limit_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=int, help=field)
 
 
+def _ceiling_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-output-tokens", type=int, help="output cap ceiling per request")
+    parser.add_argument("--max-num-ctx", type=int, help="largest options.num_ctx allowed")
+    parser.add_argument(
+        "--allow-option",
+        action="append",
+        default=[],
+        help="an Ollama option requests may set (repeat; replaces the sampling-options default)",
+    )
+
+
 def _target_options(parser: argparse.ArgumentParser, required: bool) -> None:
     group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument("--tenant", help="tenant id or name")
@@ -273,6 +297,7 @@ def add_subcommands(sub: Any) -> None:
     p.add_argument("--model", action="append", default=[], help="an allowed model (repeat)")
     p.add_argument("--allow-cloud", action="store_true", help="allow :cloud models")
     _limit_options(p)
+    _ceiling_options(p)
 
     p = command("create-key", _create_key, "create a key (the full key is printed once)")
     p.add_argument("tenant", help="tenant id or name")
@@ -283,6 +308,7 @@ def add_subcommands(sub: Any) -> None:
     p.add_argument("--prompt-log", action="store_true")
     p.add_argument("--expires-at", help="ISO 8601 time (UTC unless it says otherwise)")
     _limit_options(p)
+    _ceiling_options(p)
 
     p = command("list-keys", _list_keys, "list keys (never their secrets)")
     p.add_argument("--tenant", help="tenant id or name")

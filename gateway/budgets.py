@@ -11,7 +11,8 @@ touch them all on a Redis Cluster):
   O(1), not O(reservations)); expired members are dropped (and subtracted) before every
   check, so a lost settlement heals itself;
 * ``nz:{T}:rsv:<request_id>`` — JSON record of one request's reservation (which counters it
-  reserved on, under which member), read by :func:`settle`.
+  reserved on, under which member), read by :func:`settle`; it lives ``RECORD_GRACE_S``
+  longer than the reservation, so a late settlement still debits *used*.
 
 ``<scope>`` is ``t`` for the tenant or ``k:<key_id>`` for a key. authz checks and reserves
 (see ``authz/admission.py``); accounting calls :func:`settle` with the real count.
@@ -28,8 +29,13 @@ import redis.asyncio as aioredis
 from gateway import periods
 from gateway.periods import Period
 
-# A reservation not settled within this time stops counting (lost settlement heals itself).
+# A reservation not settled (nor renewed by its live stream, ``gateway/leases.py``) within
+# this time stops counting: a lost settlement heals itself. The default of the setting
+# ``NZ_RESERVATION_LEASE_S``.
 RESERVATION_TTL_S = 1800
+# The reservation's record outlives the reservation by this much: a settlement that comes
+# after the reservation expired still finds which *used* counters to debit.
+RECORD_GRACE_S = 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +108,14 @@ return 1
 async def settle(
     redis: aioredis.Redis, tenant_id: str, request_id: str, actual_tokens: int
 ) -> None:
-    """Turn a request's reservation into real use: reserved -= its amount, used += actual.
+    """Turn a request's reservation into real use: reserved -= its amount (if it still
+    counts), used += actual — whatever the reservation's state: live, or expired and swept
+    (its record outlives it by ``RECORD_GRACE_S``).
 
-    Idempotent (the reservation record is consumed); a missing reservation is a no-op. A
-    *used* counter that is missing (Redis flushed) is left missing: the next check rebuilds
-    it from the ledger (accounting writes this request's ledger row).
+    Exactly once: the reservation record is consumed; without one (settled already, or no
+    budget applies) it is a no-op. A *used* counter that is missing (Redis flushed) is left
+    missing: the next check rebuilds it from the ledger (accounting writes this request's
+    ledger row).
     """
     script = redis.register_script(_SETTLE)
     await script(keys=[reservation_key(tenant_id, request_id)], args=[max(0, int(actual_tokens))])

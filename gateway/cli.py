@@ -47,6 +47,46 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_retention(args: argparse.Namespace) -> int:
+    """Create the audit log's partitions ahead and drop those past the retention
+    (gateway/auditparts.py: what accounting also runs periodically); idempotent."""
+    import asyncpg
+
+    from gateway import auditparts
+
+    cfg = load_settings()
+    days = args.retention_days if args.retention_days is not None else cfg.audit_retention_days
+
+    async def run() -> auditparts.Maintenance:
+        conn = await asyncpg.connect(cfg.database_url)
+        try:
+            return await auditparts.maintain(
+                conn, retention_days=days, ahead_days=cfg.audit_partitions_ahead_days, wait=True
+            )
+        finally:
+            await conn.close()
+
+    try:
+        done = asyncio.run(run())
+    except (ValueError, OSError, asyncpg.PostgresError) as exc:
+        print(f"audit retention: {exc}", file=sys.stderr)
+        return 1
+    for name in done.created:
+        print(f"created {name}")
+    for name in done.dropped:
+        print(f"dropped {name}")
+    if done.moved_rows:
+        print(f"moved {done.moved_rows} rows from {auditparts.DEFAULT_PARTITION} into their days")
+    if done.purged_rows:
+        print(
+            f"deleted {done.purged_rows} rows older than {days} days"
+            f" from {auditparts.DEFAULT_PARTITION}"
+        )
+    if not (done.created or done.dropped or done.moved_rows or done.purged_rows):
+        print(f"nothing to do: partitions up to date, retention {days} days")
+    return 0
+
+
 def _dev(args: argparse.Namespace) -> int:
     from devstack.processes import missing_local_extra
 
@@ -74,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--status", action="store_true", help="list applied and pending migrations, apply none"
     )
     migrate.set_defaults(func=_migrate)
+    audit = sub.add_parser("audit", help="maintain the audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    retention = audit_sub.add_parser(
+        "retention",
+        help="create the audit log's day partitions ahead, drop those past the retention",
+    )
+    retention.add_argument(
+        "--retention-days",
+        type=int,
+        help="keep this many days (default: NZ_AUDIT_RETENTION_DAYS, 90)",
+    )
+    retention.set_defaults(func=_audit_retention)
     dev = sub.add_parser("dev", help="run the whole gateway locally on embedded defaults")
     dev.add_argument(
         "--ollama-url",

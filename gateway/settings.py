@@ -32,6 +32,14 @@ class Settings(BaseModel):
     argon2_time_cost: int = 2
     argon2_memory_kib: int = 19456
     redis_timeout_s: float = 0.25
+    # Ollama-options names (comma separated) every tenant may send because the backend ignores
+    # them: the dev stack's mock knobs. Never Ollama's own options (authz/fields.py).
+    inert_options: str = ""
+    # keys under attack: a verified secret is remembered this long (no argon2 for it again);
+    # past this many failed key checks in the window, an address gets 429 for uncached keys
+    verified_key_ttl_s: float = 12 * 3600.0
+    key_failures_per_address: int = 60
+    key_failure_window_s: int = 60
 
     # ratelimit
     ratelimit_config: str = ""  # static YAML of domains; "": the shipped ratelimit/limits.yaml
@@ -48,6 +56,18 @@ class Settings(BaseModel):
     prompt_log_ttl_s: float = 7 * 86400.0
     prompt_log_sweep_interval_s: float = 60.0
     accounting_spool_dir: str = ""  # rows unwritten at shutdown go here ("": nowhere)
+
+    # leases of a request in flight (authz takes them, accounting renews them while it streams)
+    slot_lease_s: int = Field(900, ge=1)  # a slot nobody renews or releases is free after this
+    reservation_lease_s: int = Field(1800, ge=1)  # likewise a budget reservation
+    # the RLS as accounting reaches it (cut streams' tokens/min); "": ratelimit_listen
+    ratelimit_target: str = ""
+
+    # audit retention and bounds (gateway/auditparts.py, accounting/denials.py)
+    audit_retention_days: int = Field(default=90, ge=1)  # day partitions older are dropped
+    audit_partitions_ahead_days: int = Field(default=3, ge=0)  # day partitions made ahead
+    audit_maintenance_interval_s: float = Field(default=3600.0, gt=0)  # accounting runs it
+    audit_denial_keys_per_minute: int = Field(default=1000, ge=1)  # then client_ip "*"
 
     @field_validator("ollama_urls", mode="before")
     @classmethod

@@ -4,14 +4,16 @@
 score = the lease's expiry (epoch seconds). Members whose lease ran out are dropped before
 counting, so a release that never comes (a crashed accounting, a lost stream) heals itself.
 authz takes the slot (``authz/admission.py``, in the same Lua call as the budget check);
-accounting calls :func:`release` when the stream ends.
+accounting renews it while the stream lives (``gateway/leases.py``) and calls :func:`release`
+when the stream ends.
 """
 
 from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-# A slot not released within this time is free again (longest stream we expect, with margin).
+# A slot not released (nor renewed by its live stream, ``gateway/leases.py``) within this time
+# is free again. The default of the setting ``NZ_SLOT_LEASE_S``.
 LEASE_S = 900
 
 

@@ -9,6 +9,7 @@ from gateway import grpcserver, logs, metrics
 from gateway.settings import Settings
 from gateway.storage import redis_client
 from ratelimit import config, server
+from ratelimit.announce import Announcer
 from ratelimit.decide import Decider
 from ratelimit.windows import Windows
 
@@ -25,8 +26,14 @@ async def run(cfg: Settings) -> None:
     redis = redis_client(cfg.redis_url, cfg.redis_timeout_s)
     windows = Windows(redis, deadline_s=cfg.ratelimit_deadline_s)
     decider = Decider(static, windows, near_ratio=cfg.ratelimit_near_ratio)
+    announcer = Announcer(redis, timeout_s=cfg.ratelimit_deadline_s)
     grpc_server = await grpcserver.start(
-        cfg.ratelimit_listen, [server.register(decider)], [server.SERVICE_NAME]
+        cfg.ratelimit_listen, [server.register(decider, announcer)], [server.SERVICE_NAME]
     )
     log.info("serving", listen=cfg.ratelimit_listen, domains=static.domains)
-    await grpcserver.serve_until_signalled([grpc_server], on_stop=redis.aclose)
+
+    async def stop() -> None:
+        await announcer.close()
+        await redis.aclose()
+
+    await grpcserver.serve_until_signalled([grpc_server], on_stop=stop)

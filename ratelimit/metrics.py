@@ -16,3 +16,8 @@ DECISION_SECONDS = Histogram(
     ["domain"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
+ANNOUNCEMENTS = Counter(
+    "ratelimit_throttle_announcements_total",
+    "Throttle announcements to authz (published, repeated: skipped as already announced, failed)",
+    ["outcome"],
+)

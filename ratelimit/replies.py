@@ -55,5 +55,25 @@ def headers(statuses: Sequence[Status], surface: str, rejected: bool) -> dict[st
     return result
 
 
+def envoy_headers(statuses: Sequence[Status]) -> dict[str, str]:
+    """What Envoy's ratelimit filter adds to a refusal from the same statuses
+    (``enable_x_ratelimit_headers: DRAFT_VERSION_03`` and ``x-envoy-ratelimited``), for a
+    refusal answered without it (authz's, :mod:`authz.throttle`)."""
+    result = {"x-envoy-ratelimited": "true"}
+    limited = [s for s in statuses if s.limit is not None]
+    if not limited:
+        return result
+    # The first status with the fewest remaining, then every limit with its window.
+    tightest = min(limited, key=lambda s: s.remaining)
+    assert tightest.limit is not None
+    policy = "".join(
+        f", {s.limit.requests_per_unit};w={s.limit.unit.seconds}" for s in limited if s.limit
+    )
+    result["x-ratelimit-limit"] = f"{tightest.limit.requests_per_unit}{policy}"
+    result["x-ratelimit-remaining"] = str(tightest.remaining)
+    result["x-ratelimit-reset"] = str(tightest.reset_ms // 1000)
+    return result
+
+
 def body(surface: str) -> bytes:
     return error_body(429, OPENAI if surface == OPENAI else "ollama")

@@ -13,6 +13,7 @@ from google.protobuf import duration_pb2
 
 from gateway import logs
 from ratelimit import metrics
+from ratelimit.announce import Announcer
 from ratelimit.decide import Decider, Decision, tenant_of
 from ratelimit.descriptors import Descriptor, Limit, RateLimitRequest, Unit
 from ratelimit.windows import WindowsUnavailable
@@ -79,8 +80,9 @@ def to_response(decision: Decision) -> Any:
 
 
 class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
-    def __init__(self, decider: Decider) -> None:
+    def __init__(self, decider: Decider, announcer: Announcer | None = None) -> None:
         self._decider = decider
+        self._announcer = announcer
         self._failures = 0  # since the last warning; one warning per second at most
         self._warned_at = float("-inf")
 
@@ -106,11 +108,15 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
             raise  # unreachable: abort raises
         metrics.DECISIONS.labels(typed.domain, decision.outcome, decision.tenant).inc()
         metrics.DECISION_SECONDS.labels(typed.domain).observe(time.perf_counter() - started)
+        if decision.over and self._announcer is not None:
+            self._announcer.announce(typed, decision)  # authz refuses the next ones itself
         return to_response(decision)
 
 
-def register(decider: Decider) -> Any:
+def register(decider: Decider, announcer: Announcer | None = None) -> Any:
     def add(server: grpc.aio.Server) -> None:
-        rls_pb2_grpc.add_RateLimitServiceServicer_to_server(RateLimitServicer(decider), server)
+        rls_pb2_grpc.add_RateLimitServiceServicer_to_server(
+            RateLimitServicer(decider, announcer), server
+        )
 
     return add

@@ -11,7 +11,14 @@ from typing import Any
 
 import asyncpg
 
-from authz.provisioning import KEY_LIMIT_COLUMNS, TENANT_LIMIT_COLUMNS, Connection, NotFound
+from authz.provisioning import (
+    CEILING_COLUMNS,
+    KEY_LIMIT_COLUMNS,
+    TENANT_LIMIT_COLUMNS,
+    Connection,
+    NotFound,
+    check_text,
+)
 from gateway import apikeys
 
 
@@ -24,6 +31,7 @@ class TenantRecord:
     allowed_models: tuple[str, ...]
     allow_cloud: bool
     limits: dict[str, int | None]  # every TENANT_LIMIT_COLUMNS entry
+    ceilings: dict[str, Any]  # every CEILING_COLUMNS entry; None: the gateway's default
     created_at: datetime
     updated_at: datetime
 
@@ -41,6 +49,7 @@ class KeyRecord:
     allowed_models: tuple[str, ...] | None  # None: inherits the tenant's
     prompt_log: bool
     limits: dict[str, int | None]  # every KEY_LIMIT_COLUMNS entry; None inherits
+    ceilings: dict[str, Any]  # every CEILING_COLUMNS entry; None inherits
     expires_at: datetime | None
     created_at: datetime
     updated_at: datetime
@@ -53,7 +62,7 @@ SELECT t.id::text AS id, t.name, t.status, t.allow_all, t.allowed_models, t.allo
        t.created_at, t.updated_at, {limits}
   FROM gateway.tenants t
   LEFT JOIN gateway.tenant_limits l ON l.tenant_id = t.id
-""".format(limits=", ".join(f"l.{c}" for c in TENANT_LIMIT_COLUMNS))
+""".format(limits=", ".join(f"l.{c}" for c in (*TENANT_LIMIT_COLUMNS, *CEILING_COLUMNS)))
 
 _KEY_SQL = """
 SELECT k.id::text AS id, k.tenant_id::text AS tenant_id, t.name AS tenant, k.prefix, k.name,
@@ -62,9 +71,17 @@ SELECT k.id::text AS id, k.tenant_id::text AS tenant_id, t.name AS tenant, k.pre
   FROM gateway.api_keys k
   JOIN gateway.tenants t ON t.id = k.tenant_id
   LEFT JOIN gateway.key_limits l ON l.key_id = k.id
-""".format(limits=", ".join(f"l.{c}" for c in KEY_LIMIT_COLUMNS))
+""".format(limits=", ".join(f"l.{c}" for c in (*KEY_LIMIT_COLUMNS, *CEILING_COLUMNS)))
 
+_MAX_REF = 1000  # an id, a name, a prefix or a whole key: far shorter
 _PREFIX = re.compile(r"(?:nz_)?([a-z2-7]{12})_?")
+
+
+def _ceilings(row: asyncpg.Record) -> dict[str, Any]:
+    found = {c: row[c] for c in CEILING_COLUMNS}
+    if found["allowed_options"] is not None:
+        found["allowed_options"] = tuple(found["allowed_options"])
+    return found
 
 
 def _tenant(row: asyncpg.Record) -> TenantRecord:
@@ -81,6 +98,7 @@ def _tenant(row: asyncpg.Record) -> TenantRecord:
         allowed_models=tuple(row["allowed_models"]),
         allow_cloud=row["allow_cloud"],
         limits=limits,
+        ceilings=_ceilings(row),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
@@ -100,6 +118,7 @@ def _key(row: asyncpg.Record) -> KeyRecord:
         allowed_models=None if models is None else tuple(models),
         prompt_log=row["prompt_log"],
         limits={c: row[c] for c in KEY_LIMIT_COLUMNS},
+        ceilings=_ceilings(row),
         expires_at=row["expires_at"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
@@ -117,7 +136,7 @@ def _as_uuid(ref: str) -> str | None:
 
 async def tenant(conn: Connection, ref: str) -> TenantRecord:
     """The tenant with this id or name; NotFound otherwise."""
-    ref = ref.strip()
+    ref = check_text("the tenant", ref, _MAX_REF).strip()
     if not ref:
         raise NotFound("no tenant given")
     tenant_id = _as_uuid(ref)
@@ -135,7 +154,7 @@ async def tenant(conn: Connection, ref: str) -> TenantRecord:
 async def key(conn: Connection, ref: str) -> KeyRecord:
     """The key with this id, public prefix (``abc…``, ``nz_abc…``) or whole key; NotFound
     otherwise."""
-    ref = ref.strip()
+    ref = check_text("the key", ref, _MAX_REF).strip()
     if not ref:
         raise NotFound("no key given")
     key_id = _as_uuid(ref)

@@ -25,6 +25,7 @@ from authz.admin.auth import TokenCheck, Verdict
 from authz.admin.records import KeyRecord, TenantRecord
 from authz.admin.service import Admin, BudgetView, Target, UsageView
 from authz.provisioning import (
+    CEILING_COLUMNS,
     KEY_COLUMNS,
     KEY_LIMIT_COLUMNS,
     TENANT_COLUMNS,
@@ -50,6 +51,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 _LIMITS = KEY_LIMIT_COLUMNS  # the fields of pb.Limits
 _DEFAULTS = TENANT_LIMIT_COLUMNS[len(KEY_LIMIT_COLUMNS) :]  # the fields of pb.RequestDefaults
+_CEILINGS = CEILING_COLUMNS  # the fields of pb.Ceilings
 _SCOPES: dict[Any, str] = {
     pb.SCOPE_CHAT: "chat",
     pb.SCOPE_EMBEDDINGS: "embeddings",
@@ -145,10 +147,24 @@ def _optional(request: Any, name: str) -> Callable[[], Any]:
     return lambda: getattr(request, name) if request.HasField(name) else None
 
 
+def _option_names(values: dict[str, Any]) -> dict[str, Any]:
+    """``allowed_options`` from its OptionList message to a list of names."""
+    found = values.get("allowed_options")
+    if found is not None:
+        values["allowed_options"] = list(found.options)
+    return values
+
+
+def ceilings(message: pb.Ceilings) -> dict[str, Any]:
+    """The ceilings a Create*Request sets (absent: the default, or inherit)."""
+    return _option_names(_present(message, _CEILINGS))
+
+
 def tenant_changes(request: pb.UpdateTenantRequest) -> dict[str, Any]:
     top = {name: _optional(request, name) for name in TENANT_COLUMNS}
     top["allowed_models"] = lambda: _models(request, "allowed_models")
-    return _changes(request, top, {"limits": _LIMITS, "defaults": _DEFAULTS})
+    groups = {"limits": _LIMITS, "defaults": _DEFAULTS, "ceilings": _CEILINGS}
+    return _option_names(_changes(request, top, groups))
 
 
 def key_changes(request: pb.UpdateKeyRequest) -> dict[str, Any]:
@@ -157,7 +173,7 @@ def key_changes(request: pb.UpdateKeyRequest) -> dict[str, Any]:
     top["scopes"] = lambda: _scopes(request.scopes) or None
     if request.HasField("update_mask") and "scopes" in request.update_mask.paths:
         top["scopes"] = lambda: _scopes(request.scopes)
-    return _changes(request, top, {"limits": _LIMITS})
+    return _option_names(_changes(request, top, {"limits": _LIMITS, "ceilings": _CEILINGS}))
 
 
 def _target(request: Any) -> Target:
@@ -176,6 +192,16 @@ def _period(value: int) -> Period:
 # -- values → protobuf ----------------------------------------------------------------------
 
 
+def ceilings_pb(values: dict[str, Any]) -> pb.Ceilings:
+    message = pb.Ceilings()
+    for name in ("max_output_tokens", "max_num_ctx"):
+        if values.get(name) is not None:
+            setattr(message, name, values[name])
+    if values.get("allowed_options") is not None:
+        message.allowed_options.CopyFrom(pb.OptionList(options=values["allowed_options"]))
+    return message
+
+
 def tenant_pb(record: TenantRecord) -> pb.Tenant:
     limits = {c: v for c, v in record.limits.items() if v is not None}
     return pb.Tenant(
@@ -187,6 +213,7 @@ def tenant_pb(record: TenantRecord) -> pb.Tenant:
         allow_cloud=record.allow_cloud,
         limits=pb.Limits(**{c: v for c, v in limits.items() if c in _LIMITS}),
         defaults=pb.RequestDefaults(**{c: v for c, v in limits.items() if c in _DEFAULTS}),
+        ceilings=ceilings_pb(record.ceilings),
         created_at=_ts(record.created_at),
         updated_at=_ts(record.updated_at),
     )
@@ -211,6 +238,7 @@ def key_pb(record: KeyRecord, now: datetime) -> pb.ApiKey:
         scopes=[_SCOPE_VALUES[s] for s in record.scopes if s in _SCOPE_VALUES],
         prompt_log=record.prompt_log,
         limits=pb.Limits(**{c: v for c, v in record.limits.items() if v is not None}),
+        ceilings=ceilings_pb(record.ceilings),
         expires_at=_ts(record.expires_at),
         created_at=_ts(record.created_at),
         updated_at=_ts(record.updated_at),
@@ -359,6 +387,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):  # type: ignore[misc]
     @_rpc
     async def CreateTenant(self, request: pb.CreateTenantRequest) -> pb.Tenant:
         limits = _present(request.limits, _LIMITS) | _present(request.defaults, _DEFAULTS)
+        limits |= ceilings(request.ceilings)
         record = await self.admin.create_tenant(
             request.name,
             allow_all=request.allow_all,
@@ -404,7 +433,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):  # type: ignore[misc]
             allow_all=request.allow_all if request.HasField("allow_all") else None,
             allowed_models=_models(request, "allowed_models"),
             prompt_log=request.prompt_log,
-            limits=_present(request.limits, _LIMITS),
+            limits=_present(request.limits, _LIMITS) | ceilings(request.ceilings),
             expires_at=_when(request, "expires_at"),
         )
         return pb.CreateKeyResponse(key=key_pb(record, self._now()), full_key=full_key)

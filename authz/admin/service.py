@@ -88,8 +88,7 @@ class Admin:
         self, page_size: int, page_token: str, include_disabled: bool
     ) -> tuple[list[TenantRecord], str]:
         size = pages.size(page_size)
-        position = pages.decode("tenants", page_token)
-        after = str(position[0]) if position else None
+        after = pages.tenants_after(page_token)
         async with self.pool.acquire() as conn:
             found = await records.list_tenants(
                 conn, after=after, limit=size + 1, include_disabled=include_disabled
@@ -111,6 +110,7 @@ class Admin:
 
     async def set_tenant_status(self, ref: str, status: str, reason: str = "") -> TenantRecord:
         operation = "DisableTenant" if status == "disabled" else "EnableTenant"
+        provisioning.check_text("the reason", reason, 500)
         async with self.pool.acquire() as conn, conn.transaction():
             tenant = await records.tenant(conn, ref)
             await provisioning.set_tenant_status(conn, tenant.id, status)
@@ -164,13 +164,7 @@ class Admin:
         self, tenant_ref: str, page_size: int, page_token: str, include_revoked: bool
     ) -> tuple[list[KeyRecord], str]:
         size = pages.size(page_size)
-        position = pages.decode("keys", page_token)
-        after: tuple[datetime, str] | None = None
-        if position is not None:
-            try:
-                after = (datetime.fromisoformat(str(position[0])), str(position[1]))
-            except (ValueError, IndexError):
-                raise InvalidArgument("page_token is not one this server issued") from None
+        after = pages.keys_after(page_token)
         async with self.pool.acquire() as conn:
             tenant_id = (await records.tenant(conn, tenant_ref)).id if tenant_ref else None
             found = await records.list_keys(

@@ -119,7 +119,9 @@ def test_accounting_down_fails_closed(gw: Gateway) -> None:
         assert resp.status_code == 503
         assert resp.json() == {"error": "service unavailable"}  # no stream, unaccounted
         oa = httpx.post(
-            f"{gw.url}/v1/chat/completions", json={**body, "stream": True}, headers=who.headers
+            f"{gw.url}/v1/chat/completions",
+            json={**CHAT, "max_tokens": 3, "stream": True},  # no Ollama `options` on /v1: 400
+            headers=who.headers,
         )
         assert oa.status_code == 503
         assert oa.json()["error"]["code"] == "service_unavailable"

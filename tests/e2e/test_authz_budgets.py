@@ -275,7 +275,8 @@ def test_deny_mode_answers_503_for_every_request(gw: Gateway) -> None:
         for resp in (
             chat(gw, who),
             httpx.get(f"{gw.url}/api/tags", headers=who.headers),
-            httpx.post(f"{gw.url}/api/chat", json=CHAT),
+            # A well-formed wrong key (no key at all is Envoy's 401, before authz).
+            chat(gw, "nz_aaaaaaaaaaaa_" + "A" * 43),
             httpx.post(f"{gw.url}/api/pull", json=CHAT, headers=who.headers),
         ):
             assert resp.status_code == 503

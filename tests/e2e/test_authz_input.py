@@ -205,3 +205,44 @@ def test_keep_alive_is_clamped_to_the_tenants_range(
     assert mine
     upstream = keep_alive_seconds(mine[-1]["body"]["keep_alive"])
     assert upstream is not None and low <= upstream <= high
+
+
+# Numbers no Go float64 can hold, as JSON numbers (refused like Ollama's decoder refuses them)
+# and as strings (Ollama refuses them as durations; the gateway clamps them like any other
+# keep_alive it cannot read): a clear answer either way, never a 5xx (issue 11 §11).
+@pytest.mark.parametrize("number", ["1e400", "-1e400", "NaN", "Infinity", "-Infinity"])
+def test_a_keep_alive_number_no_float_can_hold_is_400(
+    gw: Gateway, who: Caller, number: str
+) -> None:
+    native = (
+        '{"model": "llama3.2", "stream": false, "messages": [{"role": "user", "content": "hi"}],'
+        f' "keep_alive": {number}}}'
+    )
+    headers = {**who.headers, "content-type": "application/json"}
+    resp = httpx.post(f"{gw.url}/api/chat", content=native, headers=headers, timeout=10)
+    assert (resp.status_code, resp.json()) == (400, BAD_REQUEST)
+    openai = (
+        '{"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}],'
+        f' "keep_alive": {number}}}'
+    )
+    resp = httpx.post(f"{gw.url}/v1/chat/completions", content=openai, headers=headers, timeout=10)
+    assert (resp.status_code, resp.json()) == (400, BAD_REQUEST_OPENAI)
+
+
+@pytest.mark.parametrize("text", ["1e400", "-1e400", "NaN", "inf", "1e400h"])
+def test_a_keep_alive_string_no_float_can_hold_is_clamped_not_5xx(gw: Gateway, text: str) -> None:
+    who = caller(gw, {"keep_alive_min_s": 30, "keep_alive_max_s": 120})
+    marker = f"keepalive-text-{text}"
+    body = {
+        **CHAT,
+        "stream": False,
+        "keep_alive": text,
+        "messages": [{"role": "user", "content": marker}],
+    }
+    resp = httpx.post(f"{gw.url}/api/chat", json=body, headers=who.headers, timeout=10)
+    assert resp.status_code == 200, resp.text
+    seen = httpx.get(f"{gw.stack.ollama_urls[0]}/_mock/requests").json()
+    mine = [r for r in seen if marker in str(r.get("body"))]
+    assert mine
+    upstream = keep_alive_seconds(mine[-1]["body"]["keep_alive"])
+    assert upstream is not None and 30 <= upstream <= 120

@@ -216,11 +216,14 @@ def test_dev_without_the_local_extra_says_what_to_install(installed: Installed) 
 def test_migrate_creates_the_schema_then_applies_nothing(installed: Installed) -> None:
     before = installed.run("migrate", "--status")
     assert before.returncode == 0, before.stderr
-    assert before.stdout.split() == ["pending", "0001_schema.sql", "-"]
+    shipped = ("0001_schema.sql", "0002_audit_partitions.sql", "0003_tenant_ceilings.sql")
+    assert [line.split() for line in before.stdout.splitlines()] == [
+        ["pending", name, "-"] for name in shipped
+    ]
 
     first = installed.run("migrate")
     assert first.returncode == 0, first.stderr
-    assert first.stdout.strip() == "applied: 0001_schema.sql"
+    assert first.stdout.strip() == f"applied: {', '.join(shipped)}"
     assert {"tenants", "api_keys", "audit_log", "schema_migrations"} <= set(
         _tables(installed.database_url)
     )
@@ -230,9 +233,9 @@ def test_migrate_creates_the_schema_then_applies_nothing(installed: Installed) -
     assert second.stdout.strip() == "applied: nothing (up to date)"
     after = installed.run("migrate", "--status")
     assert after.returncode == 0
-    state, name, applied_at = after.stdout.split()
-    assert (state, name) == ("applied", "0001_schema.sql")
-    assert applied_at.startswith(str(time.gmtime().tm_year))
+    rows = [line.split() for line in after.stdout.splitlines()]
+    assert [(state, name) for state, name, _ in rows] == [("applied", n) for n in shipped]
+    assert all(at.startswith(str(time.gmtime().tm_year)) for _, _, at in rows)
 
 
 def test_migrate_without_migration_files_fails_loudly(installed: Installed) -> None:

@@ -6,13 +6,14 @@ import asyncio
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from devstack.stack import Stack
-from gateway import migrate
+from gateway import auditparts, migrate
 
 
 def _fresh_database(stack: Stack) -> str:
@@ -120,3 +121,61 @@ def test_revocation_outbox_marks_the_key_and_notifies(stack: Stack) -> None:
     payload, status = asyncio.run(scenario())
     assert payload == "abcdefghijkl"
     assert status == "revoked"
+
+
+def test_0002_partitions_the_audit_log_and_keeps_its_rows(stack: Stack, tmp_path: Path) -> None:
+    url = _fresh_database(stack)
+    (first,) = [m for m in migrate.discover() if m.name == "0001_schema.sql"]
+    (tmp_path / first.name).write_text(first.sql, encoding="utf-8")
+    assert asyncio.run(migrate.apply(url, tmp_path)) == ["0001_schema.sql"]
+    stamp = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+    tenant = "6d1f8a53-7c7e-4b7b-9f39-3a0e0b6f2f10"
+    old_rows = [
+        ("r-allowed", stamp, tenant, "abcdefghijkl", "POST", "/api/chat", "m", 200, 4, 7, 12.5),
+        (
+            "r-denied",
+            stamp + timedelta(days=1),
+            None,
+            None,
+            "GET",
+            "/api/tags",
+            "",
+            401,
+            None,
+            None,
+            None,
+        ),
+    ]
+
+    async def scenario() -> tuple[list[asyncpg.Record], str, list[str], list[str]]:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.executemany(
+                "INSERT INTO gateway.audit_log (request_id, ts, tenant_id, key_prefix, method,"
+                " endpoint, model, status, tokens_in, tokens_out, latency_ms)"
+                " VALUES ($1, $2, $3::uuid, $4, $5, $6, $7, $8, $9, $10, $11)",
+                old_rows,
+            )
+            applied = await migrate.apply(url)
+            rows = await conn.fetch(
+                "SELECT request_id, ts, tenant_id::text AS tenant_id, key_prefix, method,"
+                " endpoint, model, status, tokens_in, tokens_out, latency_ms, count"
+                " FROM gateway.audit_log ORDER BY request_id"
+            )
+            kind = await conn.fetchval(
+                "SELECT relkind::text FROM pg_class WHERE oid = 'gateway.audit_log'::regclass"
+            )
+            # The partition rule moves the copied rows into their days.
+            await auditparts.maintain(conn, retention_days=3650, ahead_days=0)
+            parts = await conn.fetch(
+                "SELECT tableoid::regclass::text AS part FROM gateway.audit_log ORDER BY request_id"
+            )
+            return list(rows), kind, applied, [p["part"] for p in parts]
+        finally:
+            await conn.close()
+
+    rows, kind, applied, parts = asyncio.run(scenario())
+    assert "0002_audit_partitions.sql" in applied
+    assert kind == "p"  # partitioned
+    assert [tuple(r.values()) for r in rows] == [(*row, 1) for row in old_rows]
+    assert parts == ["gateway.audit_log_p20260304", "gateway.audit_log_p20260305"]

@@ -36,6 +36,11 @@ type chatRequest struct {
 	Tools     json.RawMessage `json:"tools,omitempty"`
 	Options   map[string]any  `json:"options"`
 	Think     json.RawMessage `json:"think,omitempty"`
+	Truncate  json.RawMessage `json:"truncate,omitempty"`
+	Shift     json.RawMessage `json:"shift,omitempty"`
+	Debug     json.RawMessage `json:"_debug_render_only,omitempty"`
+	Logprobs  json.RawMessage `json:"logprobs,omitempty"`
+	TopLogp   json.RawMessage `json:"top_logprobs,omitempty"`
 }
 
 type generateRequest struct {
@@ -52,6 +57,11 @@ type generateRequest struct {
 	Images    []string        `json:"images,omitempty"`
 	Options   map[string]any  `json:"options"`
 	Think     json.RawMessage `json:"think,omitempty"`
+	Truncate  json.RawMessage `json:"truncate,omitempty"`
+	Shift     json.RawMessage `json:"shift,omitempty"`
+	Debug     json.RawMessage `json:"_debug_render_only,omitempty"`
+	Logprobs  json.RawMessage `json:"logprobs,omitempty"`
+	TopLogp   json.RawMessage `json:"top_logprobs,omitempty"`
 }
 
 type embedRequest struct {
@@ -90,15 +100,33 @@ type openaiChatRequest struct {
 	Temperature         *float64        `json:"temperature"`
 	Tools               json.RawMessage `json:"tools"`
 	ResponseFormat      json.RawMessage `json:"response_format"`
+	Seed                json.RawMessage `json:"seed"`
+	Stop                json.RawMessage `json:"stop"`
+	FrequencyPenalty    json.RawMessage `json:"frequency_penalty"`
+	PresencePenalty     json.RawMessage `json:"presence_penalty"`
+	TopP                json.RawMessage `json:"top_p"`
+	Reasoning           json.RawMessage `json:"reasoning,omitempty"`
+	ReasoningEffort     json.RawMessage `json:"reasoning_effort,omitempty"`
+	Logprobs            json.RawMessage `json:"logprobs"`
+	TopLogprobs         json.RawMessage `json:"top_logprobs"`
+	DebugRenderOnly     json.RawMessage `json:"_debug_render_only"`
 }
 
 type openaiCompletionRequest struct {
-	Model         string         `json:"model"`
-	Prompt        any            `json:"prompt"`
-	MaxTokens     *int           `json:"max_tokens"`
-	Stream        *bool          `json:"stream"`
-	StreamOptions *streamOptions `json:"stream_options"`
-	Suffix        string         `json:"suffix"`
+	Model         string          `json:"model"`
+	Prompt        any             `json:"prompt"`
+	MaxTokens     *int            `json:"max_tokens"`
+	Stream        *bool           `json:"stream"`
+	StreamOptions *streamOptions  `json:"stream_options"`
+	Suffix        string          `json:"suffix"`
+	Frequency     json.RawMessage `json:"frequency_penalty"`
+	Presence      json.RawMessage `json:"presence_penalty"`
+	Seed          json.RawMessage `json:"seed"`
+	Stop          json.RawMessage `json:"stop"`
+	Temperature   json.RawMessage `json:"temperature"`
+	TopP          json.RawMessage `json:"top_p"`
+	Logprobs      json.RawMessage `json:"logprobs"`
+	Debug         json.RawMessage `json:"_debug_render_only"`
 }
 
 type openaiEmbedRequest struct {

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from authz.check import _UNAUTHORIZED_HEADERS
+from authz.decision import error_body
 from devstack import envoyconf
 from devstack.processes import envoy_bin
+from gateway import apikeys
+
+ROOT = Path(__file__).resolve().parents[2]
 
 EXT_PROC = "envoy.filters.http.ext_proc"
 RATELIMIT = "envoy.filters.http.ratelimit"
@@ -64,3 +71,193 @@ def test_without_filters_removes_them_and_their_route_settings(
             assert not set(holder.get("typed_per_filter_config", {})) & set(drop)
     assert {f["name"] for f in _hcm(original)["http_filters"]} >= set(drop)  # copy, not edit
     _validate(config, tmp_path)
+
+
+# -- edge limits (issue 11 §4) -------------------------------------------------------------
+
+
+def _shipped() -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(
+        (envoyconf.ENVOY_DIR / "envoy.yaml").read_text(encoding="utf-8")
+    )
+    return config
+
+
+def _routes(config: dict[str, Any]) -> list[dict[str, Any]]:
+    (vhost,) = _hcm(config)["route_config"]["virtual_hosts"]
+    routes: list[dict[str, Any]] = vhost["routes"]
+    return routes
+
+
+def _monitors(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m["name"]: m["typed_config"] for m in config["overload_manager"]["resource_monitors"]}
+
+
+def test_the_shipped_config_follows_the_edge_best_practices() -> None:
+    config = _shipped()
+    monitors = _monitors(config)
+    assert monitors[envoyconf.FIXED_HEAP]["max_heap_size_bytes"] > 0
+    assert monitors[envoyconf.DOWNSTREAM_CONNECTIONS]["max_active_downstream_connections"] > 0
+    actions = {a["name"] for a in config["overload_manager"]["actions"]}
+    assert {
+        "envoy.overload_actions.shrink_heap",
+        "envoy.overload_actions.disable_http_keepalive",
+        "envoy.overload_actions.stop_accepting_requests",
+    } <= actions
+    listener = config["static_resources"]["listeners"][0]
+    assert listener["per_connection_buffer_limit_bytes"] == 32768
+    ollama = next(c for c in config["static_resources"]["clusters"] if c["name"] == "ollama")
+    assert ollama["per_connection_buffer_limit_bytes"] == 32768
+    hcm = _hcm(config)
+    assert hcm["request_headers_timeout"] == "10s"
+    # The body-receive deadline: disarmed once the request is in, so streams are not cut.
+    assert hcm["request_timeout"] == "60s"
+    assert hcm["stream_idle_timeout"] == "300s"
+    assert hcm["http2_protocol_options"] == {
+        "max_concurrent_streams": 100,
+        "initial_stream_window_size": 65536,
+        "initial_connection_window_size": 1048576,
+    }
+    options = hcm["common_http_protocol_options"]
+    assert options["headers_with_underscores_action"] == "REJECT_REQUEST"
+    assert options["idle_timeout"] == "60s"
+
+
+def test_no_upstream_server_header_service_time_or_client_host() -> None:
+    config = _shipped()
+    hcm = _hcm(config)
+    assert hcm["server_header_transformation"] == "OVERWRITE"
+    (router,) = [f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.router"]
+    assert router["typed_config"]["suppress_envoy_headers"] is True
+    routed = [r["route"] for r in _routes(config) if "route" in r]
+    assert routed and all(r["cluster"] == "ollama" and r["auto_host_rewrite"] for r in routed)
+
+
+def test_envoy_admin_is_read_only_on_loopback() -> None:
+    admin = _shipped()["admin"]
+    assert admin["address"]["socket_address"]["address"] == "127.0.0.1"
+    assert admin["allow_paths"] == [{"exact": "/ready"}, {"prefix": "/stats"}]
+    assert admin["ignore_global_conn_limit"] is True  # probes pass a full listener
+
+
+def test_compose_puts_envoy_admin_on_a_unix_socket() -> None:
+    """compose.yaml's Envoy command, run against the repo's config: admin is a Unix socket in
+    the Envoy container (the containers that share its network namespace cannot reach it)."""
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
+    command: list[str] = compose["services"]["envoy"]["command"]
+    override = yaml.safe_load(command[command.index("--config-yaml") + 1])
+    assert set(override) == {"admin"}
+    assert set(override["admin"]["address"]) == {"pipe"}
+    argv = [envoy_bin(), "--mode", "validate", *command[1:]]
+    argv[argv.index("-c") + 1] = str(ROOT / "envoy" / "envoy.yaml")
+    result = subprocess.run(argv, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_edge_limits_can_be_rendered(tmp_path: Path) -> None:
+    edge = envoyconf.EdgeLimits(
+        max_heap_size_bytes=1 << 28,
+        max_downstream_connections=8,
+        request_headers_timeout_s=1,
+        request_timeout_s=2.5,
+    )
+    config = envoyconf.render(
+        envoyconf.ENVOY_DIR / "envoy.yaml", 18080, 19901, {"ollama": [("127.0.0.1", 1)]}, edge
+    )
+    monitors = _monitors(config)
+    assert monitors[envoyconf.FIXED_HEAP]["max_heap_size_bytes"] == 1 << 28
+    assert monitors[envoyconf.DOWNSTREAM_CONNECTIONS]["max_active_downstream_connections"] == 8
+    hcm = _hcm(config)
+    assert (hcm["request_headers_timeout"], hcm["request_timeout"]) == ("1s", "2.5s")
+    assert _monitors(_rendered()) == _monitors(_shipped())  # no limits given: the shipped ones
+    _validate(config, tmp_path)
+
+
+# -- refusing a request without a well-formed key before its body ---------------------------
+
+
+def _unauthorized_routes(config: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in _routes(config) if r.get("direct_response", {}).get("status") == 401]
+
+
+def _surface(match: dict[str, Any]) -> str:
+    path = match.get("path") or match.get("prefix")
+    assert isinstance(path, str)
+    return "openai" if path == "/v1" or path.startswith("/v1/") else "ollama"
+
+
+def test_envoys_401s_are_authz_bytes_and_read_no_body() -> None:
+    routes = _unauthorized_routes(_shipped())
+    assert {_surface(r["match"]) for r in routes} == {"openai", "ollama"}
+    expected_headers = {"content-type": "application/json", **_UNAUTHORIZED_HEADERS}
+    for route in routes:
+        body = route["direct_response"]["body"]["inline_string"].encode()
+        assert body == error_body(401, _surface(route["match"]))
+        added = {h["header"]["key"]: h["header"]["value"] for h in route["response_headers_to_add"]}
+        assert added == expected_headers
+        # Nothing that reads or holds a body runs on these routes.
+        disabled = {
+            name for name, cfg in route["typed_per_filter_config"].items() if cfg["disabled"]
+        }
+        assert disabled == {
+            "envoy.filters.http.ext_authz",
+            EXT_PROC,
+            "envoy.filters.http.buffer",
+        }
+        # Only before authz admitted the request (it then removes the key and re-routes).
+        (guard,) = route["match"]["dynamic_metadata"]
+        assert guard["filter"] == "envoy.filters.http.ext_authz" and guard["invert"] is True
+
+
+def _key_patterns(config: dict[str, Any]) -> set[tuple[str, str]]:
+    return {
+        (header["name"], header["string_match"]["safe_regex"]["regex"])
+        for route in _unauthorized_routes(config)
+        for header in route["match"].get("headers", [])
+        if "string_match" in header
+    }
+
+
+def _samples() -> list[str]:
+    key = apikeys.generate(apikeys.hasher(time_cost=1, memory_kib=8)).full
+    prefix, secret = key[3:15], key[16:]
+    return [
+        key,
+        key[:-1],
+        key + "A",
+        key.upper(),
+        f"nz_{prefix.upper()}_{secret}",
+        f"nz_{prefix}-{secret}",
+        f"nz_{prefix[:-1]}1_{secret}",  # 1 is not base32
+        f"nz_{prefix}_{secret[:-1]}=",
+        f"nz_{prefix}_{secret[:-1]}+",
+        f" {key}",
+        f"{key} ",
+        "",
+        "nz_short",
+    ]
+
+
+def test_the_well_formed_key_of_envoy_is_gateway_apikeys() -> None:
+    patterns = _key_patterns(_shipped())
+    assert {name for name, _ in patterns} == {"authorization", "x-api-key"}
+    for name, pattern in patterns:
+        for sample in _samples():
+            if name == "authorization":
+                for value in (f"Bearer {sample}", f"bearer {sample}", f"Basic {sample}", sample):
+                    presented = apikeys.parse_bearer([value])
+                    well_formed = presented is not None and apikeys.parse_prefix(presented)
+                    assert bool(re.fullmatch(pattern, value)) is bool(well_formed), value
+            else:
+                presented = apikeys.parse_plain([sample])
+                well_formed = presented is not None and apikeys.parse_prefix(presented)
+                assert bool(re.fullmatch(pattern, sample)) is bool(well_formed), sample
+
+
+def test_an_upstream_5xx_gets_authz_502_body_in_each_surface() -> None:
+    (router,) = [f for f in _hcm(_shipped())["http_filters"] if f["name"].endswith(".router")]
+    (lua, codec) = router["typed_config"]["upstream_http_filters"]
+    assert codec["name"] == "envoy.filters.http.upstream_codec"
+    source = lua["typed_config"]["default_source_code"]["inline_string"]
+    for surface in ("ollama", "openai"):
+        assert f"'{error_body(502, surface).decode()}'" in source

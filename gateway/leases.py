@@ -1,0 +1,97 @@
+"""Leases of a request in flight: its concurrency slot and its budget reservation.
+
+authz takes both with an expiry (``authz/admission.py``): a slot (``gateway/slots.py``) and a
+reservation (``gateway/budgets.py``) that nobody releases — a crashed accounting, a lost
+stream — free themselves. A stream that lives longer than a lease must not lose it: while the
+stream's bytes flow, accounting calls :func:`renew` (every :attr:`Leases.renew_every_s`), one
+Lua call that pushes the expiry of whatever the request still holds, and nothing else: a slot
+or reservation already released, settled or swept stays gone.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from gateway import budgets, slots
+
+
+@dataclass(frozen=True, slots=True)
+class Leases:
+    """Lease lengths (settings ``NZ_SLOT_LEASE_S``, ``NZ_RESERVATION_LEASE_S``)."""
+
+    slot_s: int = slots.LEASE_S
+    reservation_s: int = budgets.RESERVATION_TTL_S
+
+    @property
+    def renew_every_s(self) -> float:
+        """How often a live stream renews: a third of the shorter lease, so two renewals may
+        be missed before anything expires."""
+        return min(self.slot_s, self.reservation_s) / 3
+
+    @property
+    def record_ttl_s(self) -> int:
+        """How long a reservation's record outlives the reservation: settlement reads it to
+        know which *used* counters to debit, whatever the reservation's state."""
+        return self.reservation_s + budgets.RECORD_GRACE_S
+
+
+# KEYS: the key's slots, the tenant's slots, the reservation record (one hash tag).
+# ARGV: request id, slot expiry, slot ttl (s), reservation expiry, reservation ttl (s),
+# record ttl (s).
+# A member is re-scored only where it still is (ZADD XX): nothing released comes back.
+_RENEW = """
+local rid = ARGV[1]
+local function keep(key, ttl)
+  local left = redis.call('TTL', key)
+  if left >= 0 and left < ttl then redis.call('EXPIRE', key, ttl) end
+end
+for i = 1, 2 do
+  if redis.call('ZSCORE', KEYS[i], rid) then
+    redis.call('ZADD', KEYS[i], 'XX', ARGV[2], rid)
+    keep(KEYS[i], tonumber(ARGV[3]))
+  end
+end
+local rec = redis.call('GET', KEYS[3])
+if not rec then return 0 end
+local r = cjson.decode(rec)
+local ttl = tonumber(ARGV[5])
+for _, pair in ipairs(r.p) do
+  if redis.call('ZSCORE', pair[2], r.m) then
+    redis.call('ZADD', pair[2], 'XX', ARGV[4], r.m)
+    keep(pair[2], ttl)
+    keep(pair[2] .. ':sum', ttl)
+  end
+end
+keep(KEYS[3], tonumber(ARGV[6]))
+return 1
+"""
+
+
+async def renew(
+    redis: aioredis.Redis,
+    leases: Leases,
+    tenant_id: str,
+    key_id: str,
+    request_id: str,
+) -> None:
+    """Push the expiry of the request's slot and reservation ``leases`` into the future."""
+    now = time.time()
+    script = redis.register_script(_RENEW)
+    await script(
+        keys=[
+            slots.key_slots(tenant_id, key_id),
+            slots.tenant_slots(tenant_id),
+            budgets.reservation_key(tenant_id, request_id),
+        ],
+        args=[
+            request_id,
+            now + leases.slot_s,
+            leases.slot_s + 1,
+            now + leases.reservation_s,
+            leases.reservation_s + 1,
+            leases.record_ttl_s,
+        ],
+    )
