@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -59,15 +58,6 @@ class Grpcurl:
     def raw(self, method: str, body: dict[str, Any] | None = None) -> str:
         """The response exactly as grpcurl would print it (JSON text)."""
         return json.dumps(self.call(method, body))
-
-
-@pytest.fixture(scope="module")
-def admin(gw: Gateway) -> Iterator[Grpcurl]:
-    client = Grpcurl(f"127.0.0.1:{gw.stack.ports['admin']}", gw.stack.admin_token)
-    try:
-        yield client
-    finally:
-        client.channel.close()
 
 
 def tenant_name() -> str:

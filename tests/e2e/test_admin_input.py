@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -15,15 +14,6 @@ import pytest
 
 from tests.e2e.test_admin import Grpcurl, rpc_error, tenant_name
 from tests.gateway_client import Gateway
-
-
-@pytest.fixture(scope="module")
-def admin(gw: Gateway) -> Iterator[Grpcurl]:
-    client = Grpcurl(f"127.0.0.1:{gw.stack.ports['admin']}", gw.stack.admin_token)
-    try:
-        yield client
-    finally:
-        client.channel.close()
 
 
 def token(kind: str, position: Any) -> str:

@@ -320,15 +320,6 @@ def test_a_keys_own_ceilings_replace_the_tenants(gw: Gateway) -> None:
 # -- admin API ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def admin(gw: Gateway) -> Iterator[Grpcurl]:
-    client = Grpcurl(f"127.0.0.1:{gw.stack.ports['admin']}", gw.stack.admin_token)
-    try:
-        yield client
-    finally:
-        client.channel.close()
-
-
 def test_admin_api_round_trips_the_ceilings(gw: Gateway, admin: Grpcurl) -> None:
     name = tenant_name()
     ceilings = {

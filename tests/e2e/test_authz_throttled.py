@@ -16,19 +16,9 @@ import redis
 
 from authz import provisioning
 from ratelimit import announce
+from tests.e2e.test_ratelimit import CHAT, OPENAI_CHAT
 from tests.gateway_client import Gateway
 
-CHAT = {
-    "model": "llama3.2",
-    "messages": [{"role": "user", "content": "say hello to me"}],
-    "stream": False,
-    "options": {"num_predict": 1},
-}
-OPENAI_CHAT = {
-    "model": "llama3.2",
-    "messages": [{"role": "user", "content": "say hello to me"}],
-    "max_tokens": 1,
-}
 # Just under Envoy's and authz's 1 MiB body limit: the most a client can make authz parse.
 BIG = "x" * 1_000_000
 # What a client reads from a rate-limit refusal (the RLS's and Envoy's), besides the body.

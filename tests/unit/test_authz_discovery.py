@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
-from aiohttp import web
 
 from authz.discovery import Discovery
 from gateway.storage import redis_client
-
-
-async def _backend(models: list[dict[str, Any]]) -> tuple[web.AppRunner, str]:
-    async def tags(_: web.Request) -> web.Response:
-        return web.json_response({"models": models})
-
-    app = web.Application()
-    app.router.add_get("/api/tags", tags)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
+from tests.unit.backend import serve_models
 
 
 @pytest.mark.asyncio
 async def test_lists_expire_when_the_backend_is_gone_and_nothing_resolves() -> None:
-    runner, url = await _backend([{"name": "llama3:latest", "model": "llama3:latest"}])
+    runner, url = await serve_models(
+        "/api/tags", [{"name": "llama3:latest", "model": "llama3:latest"}]
+    )
     # No Redis here: an unreachable one must not keep a list alive.
     redis = redis_client("redis://127.0.0.1:1/0", 0.1)
     discovery = Discovery([url], redis, interval_s=0.1, ttl_s=0.3)
@@ -52,8 +39,9 @@ async def test_lists_expire_when_the_backend_is_gone_and_nothing_resolves() -> N
 
 @pytest.mark.asyncio
 async def test_names_are_canonical_and_garbage_is_skipped() -> None:
-    runner, url = await _backend(
-        [{"name": "Llama3"}, {"model": "qwen:0.5b"}, {"nothing": 1}, "junk"]  # type: ignore[list-item]
+    runner, url = await serve_models(
+        "/api/tags",
+        [{"name": "Llama3"}, {"model": "qwen:0.5b"}, {"nothing": 1}, "junk"],  # type: ignore[list-item]
     )
     redis = redis_client("redis://127.0.0.1:1/0", 0.1)
     discovery = Discovery([url], redis, interval_s=1, ttl_s=10)

@@ -7,9 +7,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from authz import listings
+from tests.unit.backend import serve_models
 
 MINE = {
     "name": "llama3.2:latest",
@@ -23,20 +23,6 @@ MINE = {
 }
 
 
-async def _backend(models: list[dict[str, Any]]) -> tuple[web.AppRunner, str]:
-    async def ps(_: web.Request) -> web.Response:
-        return web.json_response({"models": models})
-
-    app = web.Application()
-    app.router.add_get("/api/ps", ps)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
-
-
 @pytest.mark.asyncio
 async def test_ps_shows_only_the_callers_models_and_ollamas_fields() -> None:
     running: list[dict[str, Any]] = [
@@ -45,7 +31,7 @@ async def test_ps_shows_only_the_callers_models_and_ollamas_fields() -> None:
         {"name": "other:latest", "model": "other:latest", "size": 1},
         {"size": 5},  # no name at all
     ]
-    runner, url = await _backend(running)
+    runner, url = await serve_models("/api/ps", running)
     try:
         async with aiohttp.ClientSession() as session:
             shown = await listings.ps(session, [url], frozenset({"llama3.2:latest"}))
