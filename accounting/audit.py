@@ -124,10 +124,11 @@ def _clip_or_none(text: str | None) -> str | None:
 def endpoint_of(method: str, path: str, authenticated: bool) -> str:
     """What a row stores of the request's path: the allowlisted endpoint; otherwise the path
     clipped to ``MAX_PATH_CHARS`` for a request with a tenant, ``other`` without one."""
-    found = endpoints.lookup(method, path.split("?", 1)[0])
+    bare = path.split("?", 1)[0]
+    found = endpoints.lookup(method, bare)
     if found is not None:
         return found.path
-    return clip(path.split("?", 1)[0], MAX_PATH_CHARS) if authenticated else OTHER_ENDPOINT
+    return clip(bare, MAX_PATH_CHARS) if authenticated else OTHER_ENDPOINT
 
 
 def answered_status(entry: AccessEntry, authz: dict[str, Any]) -> int:

@@ -183,7 +183,9 @@ class Settler:
         if not outcome.envoy_debits and self._debits is not None:
             # Envoy never got the counts (a cut stream): tokens/min is debited from here.
             debits = self._debits
-            await self._retry(lambda: debits.debit(info, counts.total))
+            await self._retry(
+                lambda: debits.debit(info, counts.total), "a tokens/min debit", DEBIT_ERRORS
+            )
         if written is not None and self._ledger.healthy:
             # (While Postgres is down, waiting would only hold reservations longer.)
             with contextlib.suppress(TimeoutError):
@@ -194,7 +196,12 @@ class Settler:
             lambda: budgets.settle(self._redis, info.tenant_id, info.request_id, counts.total)
         )
 
-    async def _retry(self, op: Callable[[], object]) -> None:
+    async def _retry(
+        self,
+        op: Callable[[], object],
+        what: str = "a Redis settlement",
+        errors: Counter = SETTLE_ERRORS,
+    ) -> None:
         delay = 0.05
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _RETRY_FOR_S
@@ -205,15 +212,9 @@ class Settler:
                     await result
                 return
             except (RedisError, OSError, TimeoutError, grpc.aio.AioRpcError) as exc:
-                rls = isinstance(exc, grpc.aio.AioRpcError)
-                (DEBIT_ERRORS if rls else SETTLE_ERRORS).inc()
+                errors.inc()
                 if loop.time() >= deadline:
-                    event = (
-                        "giving up on a tokens/min debit"
-                        if rls
-                        else "giving up on a Redis settlement"
-                    )
-                    _log.error(event, error=type(exc).__name__)
+                    _log.error(f"giving up on {what}", error=type(exc).__name__)
                     return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

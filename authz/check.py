@@ -18,7 +18,7 @@ from urllib.parse import unquote
 
 from prometheus_client import Counter
 
-from authz import endpoints, fields, listings, models, payload
+from authz import endpoints, fields, listings, models, payload, throttle
 from authz.admission import Admission, Admitter, Outcome
 from authz.admission import StoreUnavailable as AdmissionUnavailable
 from authz.decision import Allow, Decision, deny, json_reply
@@ -27,14 +27,9 @@ from authz.endpoints import Endpoint, Kind, Scope
 from authz.keys import AddressThrottled, KeyStore, StoreUnavailable
 from authz.principal import Principal
 from authz.request import AuthzRequest
-from authz.throttle import Throttles
 from gateway import apikeys, gojson, logs
 
 _UNAUTHORIZED_HEADERS = {"www-authenticate": 'Bearer realm="neuronetz"'}
-_RATE_FIELDS = (
-    ("rpm", "requests_per_minute"),
-    ("tpm", "tokens_per_minute"),
-)
 _RATE_LIMITED = frozenset({Kind.INFERENCE, Kind.VERSION})  # the requests authz sends to the RLS
 DECISIONS = Counter("authz_decisions_total", "ext_authz answers", ["tenant", "status"])
 _log = logs.get("authz.check")
@@ -49,13 +44,10 @@ class _Denied(Exception):
 def rate_overrides(principal: Principal) -> dict[str, dict[str, Any]]:
     """``rl`` metadata for the RLS: the key's (inherited when NULL) and the tenant's limits."""
     found: dict[str, dict[str, Any]] = {}
-    for short, name in _RATE_FIELDS:
-        for scope, value in (
-            ("key", principal.limit(name)),
-            ("tenant", getattr(principal.tenant_limits, name)),
-        ):
-            if value is not None:
-                found[f"{scope}_{short}"] = {"requests_per_unit": value, "unit": "MINUTE"}
+    for window in throttle.WINDOWS:
+        value = throttle.own_limit(principal, window)
+        if value is not None:
+            found[window] = {"requests_per_unit": value, "unit": "MINUTE"}
     return found
 
 
@@ -76,12 +68,12 @@ class Authorizer:
         admitter: Admitter,
         discovery: Discovery,
         max_request_bytes: int,
-        throttles: Throttles | None = None,
+        throttles: throttle.Throttles | None = None,
         inert_options: frozenset[str] = frozenset(),
     ) -> None:
         self._inert_options = inert_options  # options every tenant may send (backend ignores)
         # What the RLS announced it refuses (none heard without a subscriber).
-        self._throttles = Throttles() if throttles is None else throttles
+        self._throttles = throttle.Throttles() if throttles is None else throttles
         self._keys = keys
         self._admitter = admitter
         self._discovery = discovery

@@ -187,6 +187,7 @@ class KeyStore:
         self._verify_slots = asyncio.Semaphore(VERIFY_CONCURRENCY)
         self._store = redis.register_script(_STORE)
         self._revoke = redis.register_script(_REVOKE)
+        self._fail = redis.register_script(_FAIL)
 
     async def lookup(self, presented: str, client_ip: str = "") -> Principal | None:
         """The principal for a presented key, None when it is not a valid key.
@@ -306,8 +307,11 @@ class KeyStore:
 
     async def _count_failure(self, prefix: str, address: str) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.eval(_FAIL, 1, failure_key(prefix, address), FAILURE_WINDOW_S)
-            pipe.eval(_FAIL, 1, address_key(address), self._address_window)
+            # Registered scripts: EVALSHA, not the script's text with every failure.
+            await self._fail(
+                keys=[failure_key(prefix, address)], args=[FAILURE_WINDOW_S], client=pipe
+            )
+            await self._fail(keys=[address_key(address)], args=[self._address_window], client=pipe)
             await pipe.execute()
 
     def _remembered(self, ident: str) -> str | None:

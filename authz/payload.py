@@ -165,10 +165,9 @@ def _positive_int(value: Any) -> int | None:
     return value
 
 
-def _output_cap(body: dict[str, Any], surface: str) -> int | None:
+def _output_cap(body: dict[str, Any], options: dict[str, Any], surface: str) -> int | None:
     if surface == "ollama":
-        options = gojson.field(body, "options")  # a map in Ollama: its keys match exactly
-        return _positive_int(options.get("num_predict")) if isinstance(options, dict) else None
+        return _positive_int(options.get("num_predict"))  # a map in Ollama: keys match exactly
     for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
         cap = _positive_int(gojson.field(body, name))
         if cap is not None:
@@ -200,7 +199,7 @@ def parse(req: AuthzRequest, *, embeddings: bool) -> Payload:
         model=model,
         stream=stream,
         prompt_estimate=prompt + _REQUEST_TOKENS,
-        output_cap=0 if embeddings else _output_cap(body, req.surface),
+        output_cap=0 if embeddings else _output_cap(body, options, req.surface),
         options=options,
         body=body,
     )

@@ -39,6 +39,9 @@ TENANT_LIMIT_COLUMNS = (
 KEY_LIMIT_COLUMNS = TENANT_LIMIT_COLUMNS[:6]
 # What a request body may ask for, on tenants and keys alike (NULL: the default / inherit).
 CEILING_COLUMNS = ("max_output_tokens", "max_num_ctx", "allowed_options")
+# Every settable column of gateway.tenant_limits and gateway.key_limits.
+TENANT_SETTING_COLUMNS = (*TENANT_LIMIT_COLUMNS, *CEILING_COLUMNS)
+KEY_SETTING_COLUMNS = (*KEY_LIMIT_COLUMNS, *CEILING_COLUMNS)
 # Tenant columns that cannot be NULL: "clearing" one restores its default.
 _TENANT_DEFAULTED = frozenset(
     {"allow_all", "allowed_models", "allow_cloud", *TENANT_LIMIT_COLUMNS[6:]}
@@ -220,7 +223,7 @@ async def create_tenant(
 ) -> str:
     check_tenant_name(name)
     models = check_models(allowed_models)
-    values = check_limits(limits, (*TENANT_LIMIT_COLUMNS, *CEILING_COLUMNS))
+    values = check_limits(limits, TENANT_SETTING_COLUMNS)
     values = {k: v for k, v in values.items() if v is not None or k not in _TENANT_DEFAULTED}
     if isinstance(conn, asyncpg.Pool):
         async with conn.acquire() as acquired:
@@ -265,15 +268,14 @@ def _assignments(changes: Mapping[str, Any], defaulted: frozenset[str]) -> tuple
 
 async def update_tenant(conn: Connection, tenant_id: str, changes: Mapping[str, Any]) -> None:
     """Write ``changes`` (column → value; None clears to NULL or the column's default)."""
-    limit_columns = (*TENANT_LIMIT_COLUMNS, *CEILING_COLUMNS)
-    unknown = sorted(set(changes) - {*TENANT_COLUMNS, *limit_columns})
+    unknown = sorted(set(changes) - {*TENANT_COLUMNS, *TENANT_SETTING_COLUMNS})
     if unknown:
         raise InvalidArgument(f"cannot change {unknown} on a tenant")
     row_changes = {k: v for k, v in changes.items() if k in TENANT_COLUMNS}
     if row_changes.get("allowed_models") is not None:
         row_changes["allowed_models"] = check_models(row_changes["allowed_models"])
     limit_changes = check_limits(
-        {k: v for k, v in changes.items() if k in limit_columns}, limit_columns
+        {k: v for k, v in changes.items() if k in TENANT_SETTING_COLUMNS}, TENANT_SETTING_COLUMNS
     )
     try:
         async with conn.transaction():
@@ -346,7 +348,7 @@ async def create_key(
 ) -> CreatedKey:
     scope_list = None if scopes is None else check_scopes(scopes)
     models = None if allowed_models is None else check_models(allowed_models)
-    values = check_limits(limits, (*KEY_LIMIT_COLUMNS, *CEILING_COLUMNS))
+    values = check_limits(limits, KEY_SETTING_COLUMNS)
     check_text("the key name", name, 200)
     if isinstance(conn, asyncpg.Pool):
         async with conn.acquire() as acquired:
@@ -389,8 +391,7 @@ async def create_key(
 
 async def update_key(conn: Connection, key_id: str, changes: Mapping[str, Any]) -> None:
     """Write ``changes`` (column → value; None clears a nullable column: inherit)."""
-    limit_columns = (*KEY_LIMIT_COLUMNS, *CEILING_COLUMNS)
-    unknown = sorted(set(changes) - {*KEY_COLUMNS, *limit_columns})
+    unknown = sorted(set(changes) - {*KEY_COLUMNS, *KEY_SETTING_COLUMNS})
     if unknown:
         raise InvalidArgument(f"cannot change {unknown} on a key")
     row_changes = {k: v for k, v in changes.items() if k in KEY_COLUMNS}
@@ -403,7 +404,7 @@ async def update_key(conn: Connection, key_id: str, changes: Mapping[str, Any]) 
             raise InvalidArgument(f"{column} cannot be cleared")
     check_text("the key name", row_changes.get("name") or "", 200)
     limit_changes = check_limits(
-        {k: v for k, v in changes.items() if k in limit_columns}, limit_columns
+        {k: v for k, v in changes.items() if k in KEY_SETTING_COLUMNS}, KEY_SETTING_COLUMNS
     )
     try:
         async with conn.transaction():

@@ -65,6 +65,19 @@ class _Throttle:
     statuses: tuple[_Snapshot, ...]
 
 
+# The gateway's own windows, whose limits authz sends the RLS (``rl`` in its metadata).
+WINDOWS = (*announce.KEY_LIMITS, *announce.TENANT_LIMITS)
+
+
+def own_limit(principal: Principal, window: str) -> int | None:
+    """The principal's limit for ``window`` (``key_rpm``, ``tenant_tpm``, …): the key's own
+    (the tenant's when the key sets none) or the tenant's; None when there is none."""
+    if window in announce.KEY_LIMITS:
+        return principal.limit(announce.KEY_LIMITS[window])
+    value: int | None = getattr(principal.tenant_limits, announce.TENANT_LIMITS[window])
+    return value
+
+
 def _snapshot(raw: dict[str, Any]) -> _Snapshot:
     rpu, unit_s = int(raw["rpu"]), int(raw["unit_s"])
     quota = raw.get("quota")
@@ -139,7 +152,7 @@ class Throttles:
         if len(self._map) >= _MAX_ENTRIES:
             self._map = {k: v for k, v in self._map.items() if v.until - SLACK_S > now}
         for name, rpu, retry_ms in items:
-            if name not in announce.KEY_LIMITS and name not in announce.TENANT_LIMITS:
+            if name not in WINDOWS:
                 continue
             until = now + retry_ms / 1000 - late_s
             ident = (name, announce.subject(name, tenant_id, key_id))
@@ -156,24 +169,15 @@ class Throttles:
             return None  # the usual case: one dict check
         now = self._clock()
         found: _Throttle | None = None
-        for name, owner, field in (
-            ("key_rpm", principal.key_id, "requests_per_minute"),
-            ("tenant_rpm", principal.tenant_id, "requests_per_minute"),
-            ("key_tpm", principal.key_id, "tokens_per_minute"),
-            ("tenant_tpm", principal.tenant_id, "tokens_per_minute"),
-        ):
-            throttle = self._map.get((name, owner))
+        for name in WINDOWS:
+            ident = (name, announce.subject(name, principal.tenant_id, principal.key_id))
+            throttle = self._map.get(ident)
             if throttle is None:
                 continue
             if throttle.until - SLACK_S <= now:
-                del self._map[(name, owner)]
+                del self._map[ident]
                 continue
-            mine = (
-                principal.limit(field)
-                if name in announce.KEY_LIMITS
-                else getattr(principal.tenant_limits, field)
-            )
-            if mine != throttle.limit:
+            if own_limit(principal, name) != throttle.limit:
                 continue  # the limit changed since: the RLS decides
             if found is None or throttle.until > found.until:
                 found = throttle
@@ -196,7 +200,7 @@ class Throttles:
             if snap.name in announce.KEY_LIMITS and snap.key_id != principal.key_id:
                 # Another key of the tenant was refused: of this key's window the
                 # announcement knows only its limit.
-                own = principal.limit(announce.KEY_LIMITS[snap.name])
+                own = own_limit(principal, snap.name)
                 if own is None:
                     continue
                 limit = Limit(own, Unit.MINUTE)

@@ -32,7 +32,7 @@ import asyncpg
 import psutil
 
 from accounting import audit
-from bench.run import BENCH_TENANT, CHAT, percentile, stack_envoy_config, start_envoy
+from bench.run import BENCH_TENANT, CHAT, percentile, start_envoy
 from devstack import envoyconf
 from devstack.processes import Proc
 from devstack.stack import Stack, StackConfig
@@ -54,7 +54,7 @@ class StreamRow:
 def without_accounting(stack: Stack, port: int, admin: int) -> dict[str, Any]:
     """The shipped config minus ext_proc (filter and per-route entries) and the access log."""
     return envoyconf.without_filters(
-        stack_envoy_config(stack, port, admin), ["envoy.filters.http.ext_proc"], access_log=False
+        stack.envoy_config(port, admin), ["envoy.filters.http.ext_proc"], access_log=False
     )
 
 

@@ -29,7 +29,7 @@ from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from envoy.type.v3 import ratelimit_unit_pb2
 
-from bench.run import BENCH_TENANT, CHAT, Row, load, stack_envoy_config, start_envoy
+from bench.run import BENCH_TENANT, CHAT, Row, load, start_envoy
 from devstack import envoyconf
 from devstack.processes import Proc
 from devstack.stack import Stack, StackConfig
@@ -100,7 +100,7 @@ async def _decide_until(
 def without_ratelimit(stack: Stack, port: int, admin: int) -> dict[str, Any]:
     """The shipped config with the ratelimit filter and the descriptors removed."""
     return envoyconf.without_filters(
-        stack_envoy_config(stack, port, admin), ["envoy.filters.http.ratelimit"]
+        stack.envoy_config(port, admin), ["envoy.filters.http.ratelimit"]
     )
 
 

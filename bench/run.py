@@ -125,22 +125,9 @@ async def load(
     return latencies, errors
 
 
-def stack_envoy_config(stack: Stack, port: int, admin: int) -> dict[str, Any]:
-    """The shipped config, pointed at the stack's services and mock, on ``port``."""
-    return envoyconf.render(
-        envoyconf.ENVOY_DIR / "envoy.yaml",
-        port,
-        admin,
-        {
-            "ollama": [envoyconf.url_endpoint(u) for u in stack.ollama_urls],
-            **{name: [("127.0.0.1", stack.ports[name])] for name in SERVICES},
-        },
-    )
-
-
 def raw_envoy_config(stack: Stack, port: int, admin: int) -> dict[str, Any]:
     """The shipped config with every HTTP filter but the router removed, and no access log."""
-    config = stack_envoy_config(stack, port, admin)
+    config = stack.envoy_config(port, admin)
     filters = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
     names = [f["name"] for f in filters[0]["typed_config"]["http_filters"]]
     drop = [n for n in names if n != "envoy.filters.http.router"]
@@ -162,7 +149,7 @@ def baselines(
 
     def minus(drop: list[str]) -> Callable[[int, int], dict[str, Any]]:
         return lambda port, admin: envoyconf.without_filters(
-            stack_envoy_config(stack, port, admin), drop, access_log=False
+            stack.envoy_config(port, admin), drop, access_log=False
         )
 
     found = [("raw envoy", lambda port, admin: raw_envoy_config(stack, port, admin))]

@@ -14,7 +14,9 @@ import asyncpg
 from authz.provisioning import (
     CEILING_COLUMNS,
     KEY_LIMIT_COLUMNS,
+    KEY_SETTING_COLUMNS,
     TENANT_LIMIT_COLUMNS,
+    TENANT_SETTING_COLUMNS,
     Connection,
     NotFound,
     check_text,
@@ -62,7 +64,7 @@ SELECT t.id::text AS id, t.name, t.status, t.allow_all, t.allowed_models, t.allo
        t.created_at, t.updated_at, {limits}
   FROM gateway.tenants t
   LEFT JOIN gateway.tenant_limits l ON l.tenant_id = t.id
-""".format(limits=", ".join(f"l.{c}" for c in (*TENANT_LIMIT_COLUMNS, *CEILING_COLUMNS)))
+""".format(limits=", ".join(f"l.{c}" for c in TENANT_SETTING_COLUMNS))
 
 _KEY_SQL = """
 SELECT k.id::text AS id, k.tenant_id::text AS tenant_id, t.name AS tenant, k.prefix, k.name,
@@ -71,7 +73,7 @@ SELECT k.id::text AS id, k.tenant_id::text AS tenant_id, t.name AS tenant, k.pre
   FROM gateway.api_keys k
   JOIN gateway.tenants t ON t.id = k.tenant_id
   LEFT JOIN gateway.key_limits l ON l.key_id = k.id
-""".format(limits=", ".join(f"l.{c}" for c in (*KEY_LIMIT_COLUMNS, *CEILING_COLUMNS)))
+""".format(limits=", ".join(f"l.{c}" for c in KEY_SETTING_COLUMNS))
 
 _MAX_REF = 1000  # an id, a name, a prefix or a whole key: far shorter
 _PREFIX = re.compile(r"(?:nz_)?([a-z2-7]{12})_?")
