@@ -7,9 +7,8 @@ from typing import Any
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
-from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
-from google.rpc import code_pb2, status_pb2
+from google.rpc import code_pb2
 
 from authz.check import Authorizer
 from authz.decision import Allow, Decision, deny
@@ -46,41 +45,56 @@ def to_request(check: Any) -> AuthzRequest:
     )
 
 
-def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
-    result = struct_pb2.Struct()
-    result.update(values)
-    return result
+def _fill(struct: struct_pb2.Struct, values: dict[str, Any]) -> None:
+    """``struct.update(values)`` for what the metadata holds (strings, numbers, booleans,
+    nested dicts) without protobuf's generic per-value dispatch; anything else goes through
+    protobuf's own conversion."""
+    fields = struct.fields
+    for name, value in values.items():
+        if isinstance(value, str):
+            fields[name].string_value = value
+        elif isinstance(value, bool):
+            fields[name].bool_value = value
+        elif isinstance(value, int | float):
+            fields[name].number_value = value
+        elif isinstance(value, dict):
+            nested = fields[name].struct_value
+            nested.SetInParent()  # an empty dict is still an (empty) struct
+            _fill(nested, value)
+        else:
+            struct[name] = value
 
 
-def _header(name: str, value: str) -> Any:
-    return base_pb2.HeaderValueOption(
-        header=base_pb2.HeaderValue(key=name, value=value), append_action=_OVERWRITE
-    )
+def _add_headers(target: Any, headers: dict[str, str]) -> None:
+    """Append ``headers`` to a repeated HeaderValueOption, each overwriting what is there."""
+    for name, value in headers.items():
+        option = target.add(append_action=_OVERWRITE)
+        option.header.key = name
+        option.header.value = value
 
 
 def to_response(decision: Decision) -> Any:
+    """The CheckResponse, built in place (no intermediate messages copied into it)."""
+    response = external_auth_pb2.CheckResponse()
     if isinstance(decision, Allow):
-        ok = external_auth_pb2.OkHttpResponse(
-            headers=[_header(k, v) for k, v in decision.upstream_headers.items()],
-            headers_to_remove=list(decision.remove_headers),
-            response_headers_to_add=[_header(k, v) for k, v in decision.response_headers.items()],
-        )
-        return external_auth_pb2.CheckResponse(
-            status=status_pb2.Status(code=code_pb2.OK),
-            ok_response=ok,
-            dynamic_metadata=_struct(decision.metadata),
-        )
-    denied = external_auth_pb2.DeniedHttpResponse(
-        status=http_status_pb2.HttpStatus(code=decision.status),
-        headers=[_header(k, v) for k, v in decision.headers.items()],
-        body=decision.body.decode("utf-8"),
-    )
-    return external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED),
-        denied_response=denied,
+        response.status.code = code_pb2.OK
+        ok = response.ok_response
+        ok.SetInParent()
+        _add_headers(ok.headers, decision.upstream_headers)
+        ok.headers_to_remove.extend(decision.remove_headers)
+        _add_headers(ok.response_headers_to_add, decision.response_headers)
+        metadata = decision.metadata
+    else:
+        response.status.code = code_pb2.PERMISSION_DENIED
+        denied = response.denied_response
+        denied.status.code = decision.status
+        _add_headers(denied.headers, decision.headers)
+        denied.body = decision.body.decode("utf-8")
         # `status`: the audit row's status (Envoy logs 200 for a local reply sent as gRPC).
-        dynamic_metadata=_struct({**decision.metadata, "status": decision.status}),
-    )
+        metadata = {**decision.metadata, "status": decision.status}
+    response.dynamic_metadata.SetInParent()
+    _fill(response.dynamic_metadata, metadata)
+    return response
 
 
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]

@@ -234,6 +234,11 @@ class Subscriber:
                 socket_connect_timeout=self._timeout,
                 socket_timeout=None,  # a subscription waits for messages
                 decode_responses=True,
+                # RESP2: a PING while subscribed is answered as a "pong" message, which is
+                # what the liveness check below hears. (Under RESP3, redis-py 8's default, the
+                # answer never reaches get_message: a quiet channel looked dead and the
+                # subscription, with everything heard, was dropped every 3.5 s.)
+                protocol=2,
             )
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:

@@ -8,6 +8,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+# Pooled Redis connections per client (one client per service process).
+MAX_CONNECTIONS = 64
+
 
 async def pg_pool(url: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
@@ -20,15 +23,21 @@ async def pg_pool(url: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Po
 def redis_client(url: str, timeout_s: float) -> aioredis.Redis:
     """A pooled client with short timeouts (a slow Redis fails closed, fast).
 
+    More commands at once than :data:`MAX_CONNECTIONS` wait for a pooled connection, at most
+    ``timeout_s``, instead of failing at once ("Too many connections": at c=64 the RLS's two
+    calls per request outnumber the pool, and requests were refused with a 503).
+
     A pooled connection left over from before a Redis restart fails once: the command is tried
     again at once on a fresh connection. Redis really down still fails fast (refused).
     """
-    return aioredis.Redis.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=timeout_s,  # the longest wait for a free connection
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         decode_responses=True,
         health_check_interval=0,
-        max_connections=64,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
+    return aioredis.Redis.from_pool(pool)

@@ -21,7 +21,9 @@ at start-up with the path of the offending node.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -34,6 +36,9 @@ from ratelimit.descriptors import Entry, Limit, Unit
 
 DEFAULT_PATH: Traversable = files("ratelimit") / "limits.yaml"  # shipped as package data
 Quota = Literal["requests", "tokens"]
+# Distinct (domain, entries) whose match is remembered: the config never changes once loaded,
+# and a key's descriptors come back with every request.
+_MATCHES_CACHED = 16_384
 
 
 class ConfigError(ValueError):
@@ -112,12 +117,19 @@ NO_MATCH = Match()
 class StaticConfig:
     def __init__(self, domains: dict[str, list[_Node]]) -> None:
         self._domains = domains
+        self._cached: Callable[[str, tuple[Entry, ...]], Match] = lru_cache(
+            maxsize=_MATCHES_CACHED
+        )(self._match)
 
     @property
     def domains(self) -> list[str]:
         return sorted(self._domains)
 
     def match(self, domain: str, entries: tuple[Entry, ...]) -> Match:
+        """What the config says about a descriptor (worked out once per distinct one)."""
+        return self._cached(domain, entries)
+
+    def _match(self, domain: str, entries: tuple[Entry, ...]) -> Match:
         nodes = self._domains.get(domain, [])
         quota: Quota | None = None
         node: _Node | None = None

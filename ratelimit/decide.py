@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import get_args
 from urllib.parse import quote
 
 from ratelimit import replies
-from ratelimit.config import Match, StaticConfig
-from ratelimit.descriptors import Descriptor, Limit, RateLimitRequest
+from ratelimit.config import Match, Quota, StaticConfig
+from ratelimit.descriptors import Descriptor, Entry, Limit, RateLimitRequest
 from ratelimit.status import Status
 from ratelimit.windows import Hit, Mode, Windows
 
@@ -30,6 +32,9 @@ TENANT_ID_ENTRY = "tenant_id"  # the Redis Cluster hash tag of the descriptor's 
 TENANT_ENTRY = "tenant"  # the tenant label of metrics
 SURFACE_ENTRY = "surface"  # "openai": OpenAI's headers and error body; else Ollama's
 _EPS = 1e-6
+# Distinct descriptors whose window key is remembered (a key's and its tenant's windows; a
+# debit's differ only in hits, which the key does not depend on).
+_KEYS_CACHED = 16_384
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +61,16 @@ def window_key(domain: str, descriptor: Descriptor) -> str:
     """The Redis key of a descriptor's window: ``nz:{<tenant_id>}:rl:<domain>:<entries>``.
 
     Windows of one tenant share its hash tag; descriptors without a tenant use the domain.
+    Worked out once per distinct (domain, entries): the same keys come back on every request.
     """
-    tag = descriptor.value(TENANT_ID_ENTRY) or domain
-    entries = "|".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in descriptor.entries)
-    return f"nz:{{{tag}}}:rl:{quote(domain, safe='')}:{entries}"
+    return _window_key(domain, descriptor.entries)
+
+
+@lru_cache(maxsize=_KEYS_CACHED)
+def _window_key(domain: str, entries: tuple[Entry, ...]) -> str:
+    tag = Descriptor(entries).value(TENANT_ID_ENTRY) or domain
+    text = "|".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in entries)
+    return f"nz:{{{tag}}}:rl:{quote(domain, safe='')}:{text}"
 
 
 def _hit(request: RateLimitRequest, descriptor: Descriptor, limit: Limit, shadow: bool) -> Hit:
@@ -85,6 +96,12 @@ def _ms(units: float, limit: Limit) -> int:
     return max(0, math.ceil(units * limit.period_ms / limit.requests_per_unit - _EPS))
 
 
+# The status of a descriptor without a limit, per quota (statuses are immutable: shared).
+_UNLIMITED: dict[str | None, Status] = {
+    quota: Status(over=False, quota=quota) for quota in (None, *get_args(Quota))
+}
+
+
 class Decider:
     def __init__(self, static: StaticConfig, windows: Windows, near_ratio: float = 0.8) -> None:
         self._static = static
@@ -93,24 +110,20 @@ class Decider:
 
     async def decide(self, request: RateLimitRequest) -> Decision:
         """Raises ``WindowsUnavailable`` when Redis cannot answer: the caller fails closed."""
-        matches: list[Match] = []
+        statuses: list[Status] = []
         hits: list[Hit] = []
-        limited: list[int] = []  # index into request.descriptors, per hit
+        limited: list[tuple[int, Limit, Match]] = []  # per hit: descriptor index, limit, match
         for index, descriptor in enumerate(request.descriptors):
             match = self._static.match(request.domain, descriptor.entries)
-            matches.append(match)
+            statuses.append(_UNLIMITED[match.quota])
             limit = descriptor.limit or match.limit
             if limit is None:
                 continue
             hits.append(_hit(request, descriptor, limit, match.shadow_mode))
-            limited.append(index)
+            limited.append((index, limit, match))
         rejected, outcomes = await self._windows.apply(hits)
 
-        statuses = [Status(over=False, quota=m.quota) for m in matches]
-        for index, hit, outcome in zip(limited, hits, outcomes, strict=True):
-            descriptor = request.descriptors[index]
-            limit = descriptor.limit or matches[index].limit
-            assert limit is not None
+        for (index, limit, match), hit, outcome in zip(limited, hits, outcomes, strict=True):
             need = 1 if hit.mode is Mode.CHECK else hit.hits
             retry = 0
             if outcome.over:
@@ -127,7 +140,7 @@ class Decider:
                 retry_ms=max(retry, 1) if outcome.over else 0,
                 shadow_over=outcome.over and not hit.enforce,
                 near=outcome.after >= self._near * limit.requests_per_unit,
-                quota=matches[index].quota,
+                quota=match.quota,
             )
 
         surface = _entry(request, SURFACE_ENTRY) or ""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from envoy.type.v3 import ratelimit_unit_pb2
-from google.protobuf import duration_pb2
 
 from gateway import logs
 from ratelimit import metrics
@@ -23,55 +24,65 @@ _log = logs.get("ratelimit")
 _Response = rls_pb2.RateLimitResponse
 
 
+# Envoy's units as ours, and ours as the response's: looked up, not converted by name per call.
+_UNITS = {
+    number: Unit(name)
+    for name, number in ratelimit_unit_pb2.RateLimitUnit.items()
+    if name in Unit.__members__
+}
+_RESPONSE_UNITS = {unit: _Response.RateLimit.Unit.Value(unit.value) for unit in Unit}
+_UNKNOWN_UNIT = ratelimit_unit_pb2.UNKNOWN
+
+
+# Distinct descriptors remembered already converted: a key's come back with every request.
+_DESCRIPTORS_CACHED = 16_384
+
+
 def to_request(message: Any) -> RateLimitRequest:
-    descriptors = []
-    for d in message.descriptors:
-        limit = None
-        if d.HasField("limit") and d.limit.unit != ratelimit_unit_pb2.UNKNOWN:
-            unit = Unit(ratelimit_unit_pb2.RateLimitUnit.Name(d.limit.unit))
-            limit = Limit(d.limit.requests_per_unit, unit)
-        descriptors.append(
-            Descriptor(
-                entries=tuple((e.key, e.value) for e in d.entries),
-                limit=limit,
-                hits_addend=d.hits_addend.value if d.HasField("hits_addend") else None,
-            )
-        )
     return RateLimitRequest(
-        domain=message.domain, descriptors=tuple(descriptors), hits_addend=message.hits_addend
+        domain=message.domain,
+        descriptors=tuple([_descriptor(d.SerializeToString()) for d in message.descriptors]),
+        hits_addend=message.hits_addend,
+    )
+
+
+@lru_cache(maxsize=_DESCRIPTORS_CACHED)
+def _descriptor(raw: bytes) -> Descriptor:
+    """One descriptor, by its wire bytes (equal bytes, equal descriptor; it is immutable)."""
+    d = ratelimit_pb2.RateLimitDescriptor.FromString(raw)
+    limit = None
+    if d.HasField("limit") and d.limit.unit != _UNKNOWN_UNIT:
+        limit = Limit(d.limit.requests_per_unit, _UNITS[d.limit.unit])
+    return Descriptor(
+        entries=tuple([(e.key, e.value) for e in d.entries]),
+        limit=limit,
+        hits_addend=d.hits_addend.value if d.HasField("hits_addend") else None,
     )
 
 
 # Dynamic metadata of a refusal (docs/CONTRACTS.md).
 REFUSED_METADATA = {"refused": True}
-
-
-def _duration(ms: int) -> duration_pb2.Duration:
-    return duration_pb2.Duration(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+_OK, _OVER = _Response.OK, _Response.OVER_LIMIT
 
 
 def to_response(decision: Decision) -> Any:
-    statuses = []
+    response = _Response(overall_code=_OVER if decision.over else _OK)
+    add = response.statuses.add
     for s in decision.statuses:
-        status = _Response.DescriptorStatus(code=_Response.OVER_LIMIT if s.over else _Response.OK)
+        status = add(code=_OVER if s.over else _OK)
         if s.limit is not None:
-            status.current_limit.CopyFrom(
-                _Response.RateLimit(
-                    requests_per_unit=s.limit.requests_per_unit,
-                    unit=_Response.RateLimit.Unit.Value(s.limit.unit.value),
-                )
-            )
+            current = status.current_limit
+            current.requests_per_unit = s.limit.requests_per_unit
+            current.unit = _RESPONSE_UNITS[s.limit.unit]
             status.limit_remaining = s.remaining
-            status.duration_until_reset.CopyFrom(_duration(s.reset_ms))
-        statuses.append(status)
-    response = _Response(
-        overall_code=_Response.OVER_LIMIT if decision.over else _Response.OK,
-        statuses=statuses,
-        response_headers_to_add=[
-            base_pb2.HeaderValue(key=k, value=v) for k, v in decision.response_headers.items()
-        ],
-        raw_body=decision.body,
-    )
+            reset = status.duration_until_reset
+            reset.seconds, reset.nanos = s.reset_ms // 1000, (s.reset_ms % 1000) * 1_000_000
+    if decision.response_headers:
+        response.response_headers_to_add.extend(
+            [base_pb2.HeaderValue(key=k, value=v) for k, v in decision.response_headers.items()]
+        )
+    if decision.body:
+        response.raw_body = decision.body
     if decision.over:
         # Envoy's ratelimit filter stores it as dynamic metadata (envoy.filters.http.ratelimit):
         # the 429 skips accounting's ext_proc (envoy.yaml), which never saw the request.

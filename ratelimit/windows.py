@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 from importlib.resources import files
 
 import redis.asyncio as aioredis
@@ -60,6 +61,16 @@ def hash_tag(key: str) -> str:
     return key[start + 1 : end] if start >= 0 and end > start + 1 else key
 
 
+@lru_cache(maxsize=4096)
+def _script_args(
+    limit: int, period_ms: int, hits: int, mode: Mode, enforce: bool
+) -> tuple[bytes, ...]:
+    """A hit's ARGV of ``window.lua``, encoded once per distinct hit (the client sends bytes
+    as they are)."""
+    values = (limit, period_ms, hits, mode.value, 1 if enforce else 0)
+    return tuple(str(v).encode() for v in values)
+
+
 class Windows:
     def __init__(
         self, redis: aioredis.Redis | RedisCluster, deadline_s: float, clock: Clock = None
@@ -74,28 +85,35 @@ class Windows:
         """Decide ``hits`` atomically per hash slot; (rejected, one outcome per hit)."""
         if not hits:
             return False, []
-        groups: dict[str, list[int]] = {}
-        for index, hit in enumerate(hits):
-            groups.setdefault(hash_tag(hit.key) if self._per_slot else "", []).append(index)
+        if self._per_slot:
+            groups: dict[str, list[int]] = {}
+            for index, hit in enumerate(hits):
+                groups.setdefault(hash_tag(hit.key), []).append(index)
+            batches = list(groups.values())
+        else:
+            batches = [list(range(len(hits)))]
         try:
             async with asyncio.timeout(self._deadline):
-                answers = await asyncio.gather(
-                    *(self._run([hits[i] for i in idx]) for idx in groups.values())
-                )
+                if len(batches) == 1:  # one server, or one hash slot: one call, no gather
+                    answers = [await self._run(list(hits))]
+                else:
+                    answers = await asyncio.gather(
+                        *(self._run([hits[i] for i in idx]) for idx in batches)
+                    )
         except (TimeoutError, RedisError, OSError) as exc:
             raise WindowsUnavailable(str(exc) or type(exc).__name__) from exc
         outcomes: list[Outcome | None] = [None] * len(hits)
         rejected = False
-        for idx, (group_rejected, group_outcomes) in zip(groups.values(), answers, strict=True):
+        for idx, (group_rejected, group_outcomes) in zip(batches, answers, strict=True):
             rejected = rejected or group_rejected
             for i, outcome in zip(idx, group_outcomes, strict=True):
                 outcomes[i] = outcome
         return rejected, [o for o in outcomes if o is not None]
 
     async def _run(self, hits: list[Hit]) -> tuple[bool, list[Outcome]]:
-        args: list[str | int] = ["" if self._clock is None else str(self._clock())]
+        args: list[str | bytes] = ["" if self._clock is None else str(self._clock())]
         for hit in hits:
-            args += [hit.limit, hit.period_ms, hit.hits, hit.mode.value, 1 if hit.enforce else 0]
+            args += _script_args(hit.limit, hit.period_ms, hit.hits, hit.mode, hit.enforce)
         keys = [h.key for h in hits]
         # (A stale pooled connection after a Redis restart is retried once by the client,
         # see gateway.storage.redis_client; Redis down for real fails, and closed.)
