@@ -1,10 +1,9 @@
 """Audit rows: one per request, allowed or denied, from Envoy's access log.
 
-Envoy delivers each finished request's entry (with the dynamic metadata of ext_authz and of
-ext_proc) to the access-log service; the edge turns it into an :class:`AccessEntry`, this
-module turns that into a row. Token counts come from ext_proc's metadata; a stream that was
-cut never got that metadata, so its counts come from the outcome the stream account handed
-over in this process (the row waits up to ``OUTCOME_WAIT_S`` for it).
+Envoy delivers each finished request's entry (with ext_authz's dynamic metadata) to the
+access-log service; the edge turns it into an :class:`AccessEntry`, this module turns that
+into a row. Token counts come from the outcome of the request's observed stream, handed over
+in this process (the row waits up to ``OUTCOME_WAIT_S`` for it).
 
 A row stores nothing unbounded a client chose. The endpoint is the allowlisted path
 (authz/endpoints.py); any other path is stored only for a request with a tenant, clipped to
@@ -26,11 +25,13 @@ import asyncpg
 
 from accounting import pgwrite
 from accounting.outcomes import RecentOutcomes
-from accounting.stream import METADATA_NAMESPACE
 from authz import endpoints
 
 AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
-OUTCOME_WAIT_S = 1.0
+# A stream Envoy logged as ended short is read this much longer before it is accounted as
+# cut (accounting/server.py); its audit row waits for that outcome a second more.
+CUT_GRACE_S = 1.0
+OUTCOME_WAIT_S = CUT_GRACE_S + 1.0
 MAX_PATH_CHARS = 64
 MAX_TEXT_CHARS = 256
 CLIPPED = "\u2026"  # "…": the value was longer
@@ -150,7 +151,6 @@ def answered_status(entry: AccessEntry, authz: dict[str, Any]) -> int:
 
 def row_from_entry(entry: AccessEntry) -> AuditRow:
     authz = entry.metadata.get(AUTHZ_NAMESPACE, {})
-    proc = entry.metadata.get(METADATA_NAMESPACE, {})
     tenant_id = uuid_or_none(_str(authz, "tenant_id"))
     named = _str(authz, "endpoint")
     endpoint = (
@@ -159,10 +159,7 @@ def row_from_entry(entry: AccessEntry) -> AuditRow:
         else endpoint_of(entry.method, entry.path, tenant_id is not None)
     )
     status = answered_status(entry, authz)
-    has_counts = "tokens_in" in proc
-    error = _str(proc, "error")
-    if error is None and status >= 400:
-        error = f"http {status}"
+    error = f"http {status}" if status >= 400 else None
     return AuditRow(
         request_id=clip(entry.request_id),
         ts=entry.start,
@@ -172,19 +169,19 @@ def row_from_entry(entry: AccessEntry) -> AuditRow:
         endpoint=endpoint,
         model=clip(_str(authz, "model") or ""),
         status=status,
-        tokens_in=_int(proc, "tokens_in"),
-        tokens_out=_int(proc, "tokens_out"),
-        tokens_estimated=proc.get("estimated") is True,
+        tokens_in=None,
+        tokens_out=None,
+        tokens_estimated=False,
         latency_ms=entry.duration_ms,
         bytes_in=entry.bytes_in,
         bytes_out=entry.bytes_out,
         client_ip=clip(entry.client_ip),
         response_flags=clip(entry.response_flags),
         error=_clip_or_none(error),
-        # An accounted request whose ext_proc metadata is missing: the stream was cut, or
-        # ext_proc's metadata never reached the log. The outcome (if any) is in this process.
-        # (A refusal — 4xx/5xx before the backend — never reached ext_proc: nothing to wait for.)
-        awaiting_outcome=not has_counts and bool(_str(authz, "model")) and status < 400,
+        # An accounted request: its counts come from its observed stream's outcome, in this
+        # process (Envoy sends a worker's ext_proc streams and its access log over one
+        # connection). A refusal — 4xx/5xx before the backend — has none to wait for.
+        awaiting_outcome=bool(_str(authz, "model")) and status < 400,
     )
 
 

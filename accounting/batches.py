@@ -23,7 +23,9 @@ from gateway import logs
 
 T = TypeVar("T")
 
-BUFFERED = Gauge("accounting_buffered_rows", "rows waiting to be written", ["table"])
+BUFFERED = Gauge(
+    "accounting_buffered_rows", "rows waiting to be written", ["table"], multiprocess_mode="livesum"
+)
 WRITTEN = Counter("accounting_written_rows_total", "rows written to Postgres", ["table"])
 DROPPED = Counter("accounting_dropped_rows_total", "rows dropped (buffer overflow)", ["table"])
 WRITE_ERRORS = Counter("accounting_write_errors_total", "failed batch writes", ["table"])

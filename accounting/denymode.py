@@ -19,7 +19,9 @@ from redis.exceptions import RedisError
 from gateway import logs
 
 DENY_MODE_KEY = "nz:deny_mode"
-DENY_MODE = Gauge("accounting_deny_mode", "1 while the gateway is in deny mode")
+DENY_MODE = Gauge(
+    "accounting_deny_mode", "1 while the gateway is in deny mode", multiprocess_mode="max"
+)
 _log = logs.get("accounting")
 
 

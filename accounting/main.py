@@ -5,17 +5,20 @@ settler, deny mode, the prompt-log sweeper and the audit log's partition mainten
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+from redis.exceptions import RedisError
 
-from accounting import audit, ledger, promptlog, rlsdebit, server, spool
+from accounting import audit, ledger, promptlog, server, spool
 from accounting.audit import AccessEntry, AuditRow, AuditRows
 from accounting.batches import Batcher
 from accounting.denials import DenialTally, unauthenticated
 from accounting.denymode import DENY_MODE_KEY, DenyMode
+from accounting.inflight import InFlight, instance_name
 from accounting.ledger import LedgerRow
 from accounting.outcomes import RecentOutcomes
 from accounting.promptlog import PromptRow
@@ -24,7 +27,7 @@ from accounting.settle import Settler
 from accounting.stream import RequestInfo
 from gateway import auditparts, grpcserver, logs, metrics
 from gateway.leases import Leases
-from gateway.settings import Settings
+from gateway.settings import Settings, reach
 from gateway.storage import pg_pool, redis_client
 
 _DRAIN_S = 10.0
@@ -65,7 +68,7 @@ async def run(cfg: Settings) -> None:
     rows = AuditRows(outcomes)
 
     settler: Settler | None = None
-    debits = TokenDebits(rlsdebit.target(cfg.ratelimit_target, cfg.ratelimit_listen))
+    debits = TokenDebits(reach(cfg.ratelimit_target, cfg.ratelimit_listen))
 
     async def write_ledger(batch: list[LedgerRow]) -> None:
         await ledger.write(pool, batch)
@@ -99,6 +102,7 @@ async def run(cfg: Settings) -> None:
         ledger_wait_s=cfg.ledger_wait_s,
         leases=Leases(cfg.slot_lease_s, cfg.reservation_lease_s),
         debits=debits,
+        inflight=InFlight(redis, instance_name(cfg.instance, cfg.worker_index)),
     )
     spool_dir = Path(cfg.accounting_spool_dir) if cfg.accounting_spool_dir else None
     buffers: list[tuple[Batcher[Any], type[Any]]] = [
@@ -118,7 +122,11 @@ async def run(cfg: Settings) -> None:
     # Requests without a tenant are audited in aggregate (accounting/denials.py).
     denials = DenialTally(cfg.audit_denial_keys_per_minute)
 
+    processor = server.ExternalProcessor(settler.submit, settler.track, settler.untrack)
+
     def accept(entry: AccessEntry) -> None:
+        if entry.response_flags:
+            processor.ended_short(entry.request_id)
         row = audit.row_from_entry(entry)
         if unauthenticated(row):
             denials.add(row)
@@ -135,6 +143,9 @@ async def run(cfg: Settings) -> None:
         asyncio.create_task(job, name=name)
         for name, job in (
             ("settler", settler.run()),
+            ("leases", settler.renew_leases()),
+            ("inflight", settler.snapshots()),
+            ("recover", settler.recover()),
             ("ledger", ledger_rows.run()),
             ("audit", audit_rows.run()),
             ("prompt_log", prompt_rows.run()),
@@ -146,8 +157,9 @@ async def run(cfg: Settings) -> None:
     ]
     grpc_server = await grpcserver.start(
         cfg.accounting_listen,
-        server.register(settler.submit, accept, settler.touch),
+        server.register(processor, accept),
         [server.EXT_PROC_SERVICE, server.ACCESS_LOG_SERVICE],
+        reuse_port=cfg.worker,
     )
     log.info("serving", listen=cfg.accounting_listen)
 
@@ -155,6 +167,10 @@ async def run(cfg: Settings) -> None:
         # Envoy's streams are closed (grace period over): settle what is pending, then write
         # every buffered row before exiting, so a restart loses nothing.
         await settler.wait_idle(_DRAIN_S)
+        # What ended during the drain leaves the in-flight snapshot: the next accounting of
+        # this instance must not settle it again.
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await settler.snapshot()
         denials.flush(audit_rows.add)
         for batcher_, _ in buffers:
             if await batcher_.drain(_DRAIN_S / 2):

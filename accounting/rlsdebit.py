@@ -1,18 +1,17 @@
-"""Tokens/min debits accounting makes itself, through the rate limit service.
+"""Tokens/min debits: accounting makes them, through the rate limit service.
 
-Envoy's ratelimit filter debits a stream's tokens (``apply_on_stream_done``, ``hits_addend`` =
-accounting's ``tokens_total`` metadata) — but only for a stream whose counts accounting handed
-to Envoy. A stream cut short (client gone, backend reset, timeout) never gets that metadata:
-accounting then sends the RLS the same request Envoy would have sent, a ``ShouldRateLimit``
-with the tokens/min descriptors of the key and the tenant (limits from authz's ``rl``
-metadata) and a per-descriptor ``hits_addend`` of the tokens used. The RLS stays the one owner
-of the windows; a per-descriptor ``hits_addend`` > 0 is a debit there (ratelimit/decide.py),
-recorded whatever the window says.
+Envoy checks the tokens/min windows before a request (``hits_addend: 0`` descriptors in
+``envoy/envoy.yaml``) but cannot debit them after it: it never waits for accounting
+(observability mode), so it never learns the counts. After every stream — finished or cut
+short — accounting sends the RLS what Envoy would have sent: a ``ShouldRateLimit`` with the
+tokens/min descriptors of the key and the tenant (limits from authz's ``rl`` metadata) and a
+per-descriptor ``hits_addend`` of the tokens used. The RLS stays the one owner of the windows;
+a per-descriptor ``hits_addend`` > 0 is a debit there (ratelimit/decide.py), recorded whatever
+the window says.
 
-The descriptors are those of ``envoy/envoy.yaml`` (``RateLimitPerRoute``, the entries with
-``apply_on_stream_done``): ``limit=key_tpm, tenant_id, key_id`` and ``limit=tenant_tpm,
-tenant_id``, in the domain ``gateway``. :func:`descriptors` is the one place in Python that
-builds them.
+The descriptors are those Envoy checks: ``limit=key_tpm, tenant_id, key_id`` and
+``limit=tenant_tpm, tenant_id``, in the domain ``gateway`` (tests/unit/test_accounting_cut.py
+keeps them in step). :func:`descriptors` is the one place in Python that builds them.
 """
 
 from __future__ import annotations
@@ -57,17 +56,6 @@ def descriptors(info: RequestInfo, tokens: int) -> list[Any]:
         descriptor.hits_addend.value = tokens
         found.append(descriptor)
     return found
-
-
-def target(ratelimit_target: str, ratelimit_listen: str) -> str:
-    """Where accounting reaches the RLS: the setting, else the RLS's own listen address (the
-    services share a network namespace: a wildcard host is loopback)."""
-    if ratelimit_target:
-        return ratelimit_target
-    host, _, port = ratelimit_listen.rpartition(":")
-    if host in ("", "0.0.0.0", "[::]", "::"):  # a wildcard listens everywhere: loopback
-        host = "127.0.0.1"
-    return f"{host}:{port}"
 
 
 class TokenDebits:

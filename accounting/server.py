@@ -1,12 +1,16 @@
 """The gRPC edge of accounting: Envoy's ext_proc stream and its access-log stream.
 
 Protobuf stops here. ext_proc messages become calls on a :class:`StreamAccount`; its answers
-become ProcessingResponses, sent at once (nothing in this path waits on Redis or Postgres).
+(rewrite streams only) become ProcessingResponses, sent at once (nothing in this path waits on
+Redis or Postgres).
 Access-log entries become :class:`AccessEntry` values for the audit buffer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -16,9 +20,10 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format
+from prometheus_client import Counter
 
-from accounting.audit import AUTHZ_NAMESPACE, AccessEntry
+from accounting.audit import AUTHZ_NAMESPACE, CUT_GRACE_S, AccessEntry
 from accounting.stream import Outcome, RequestInfo, StreamAccount
 from gateway import logs
 
@@ -60,21 +65,36 @@ _FLAG_CODES = {
 
 # -- ext_proc --------------------------------------------------------------------------
 
-# Envoy's config (envoy.yaml) sends accounting the buffered request body (with authz's
-# metadata, which names the request) and every response body chunk as it streams: no headers,
-# no round trip that only says "go on". The first response chunk carries the status as the
-# ``response.code`` attribute; the framing follows from the request; Envoy itself drops the
-# content-length of a body accounting may change (streamed response, request headers sent on
-# before the body). Local replies of the filters before ext_proc never reach accounting: a
-# matcher in envoy.yaml skips the filter for requests authz did not admit or the RLS refused.
+# Envoy opens two kinds of ext_proc stream to accounting (envoy.yaml):
+#
+# * ``nz.accounting``, for every admitted request, in observability mode: the request's
+#   headers (with authz's metadata, which names the request) when it is routed, then every
+#   response body chunk as it passes. Envoy never waits and ignores any answer, so none is
+#   sent. The first chunk carries the status as the ``response.code`` attribute; the framing
+#   follows from the request. This stream is what gets accounted.
+# * ``nz.rewrite``, only for requests authz marked ``rewrite``: the buffered request body, to
+#   rewrite (gateway/rewrite.py);
+# * ``nz.strip``, only for OpenAI streams authz marked ``strip_usage`` (the rewrite asked the
+#   backend for a usage chunk the client did not ask for): each response chunk, to drop it.
+# Nothing is accounted on these two (``nz.accounting`` sees the backend's response before
+# nz.strip changes it).
+#
+# Local replies of the filters before ext_proc never reach accounting: a matcher in envoy.yaml
+# skips both filters for requests authz did not admit or the RLS refused.
 _ATTRIBUTES = "envoy.filters.http.ext_proc"
 _STATUS = "response.code"
-
-
-def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
-    result = struct_pb2.Struct()
-    result.update(values)
-    return result
+MESSAGES = Counter(
+    "accounting_ext_proc_messages_total",
+    "ext_proc messages received, by filter (observe: nz.accounting, rewrite, strip: nz.*)",
+    ["stream", "kind"],
+)
+for _stream, _kind in (
+    ("observe", "request_headers"),
+    ("observe", "response_body"),
+    ("rewrite", "request_body"),
+    ("strip", "response_body"),
+):
+    MESSAGES.labels(_stream, _kind)
 
 
 def _status(req: Any) -> int:
@@ -103,66 +123,146 @@ def _body_response(new_body: bytes | None) -> Any:
     return ep.BodyResponse(response=common)
 
 
+class Prompts:
+    """Prompts of prompt-logged requests, from their rewrite stream to their observed one
+    (Envoy opens both on the worker's one connection to this process). Bounded."""
+
+    def __init__(self, max_entries: int = 10_000, ttl_s: float = 900.0) -> None:
+        self._max = max_entries
+        self._ttl = ttl_s
+        self._items: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+
+    def put(self, request_id: str, prompt: Any) -> None:
+        now = time.monotonic()
+        self._items[request_id] = (now, prompt)
+        while self._items:
+            oldest_at, _ = next(iter(self._items.values()))
+            if len(self._items) <= self._max and now - oldest_at < self._ttl:
+                break
+            self._items.popitem(last=False)
+
+    def pop(self, request_id: str) -> Any:
+        found = self._items.pop(request_id, None)
+        return None if found is None else found[1]
+
+
 class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    """One gRPC stream per HTTP request. ``submit`` receives the outcome, ``touch`` each live
-    stream as its bytes flow (it renews the request's leases); neither blocks."""
+    """One gRPC stream per HTTP request and filter. ``submit`` receives the outcome of an
+    observed stream; ``track`` / ``untrack`` bracket its life (its leases are renewed
+    meanwhile). None of them blocks."""
 
     def __init__(
         self,
         submit: Callable[[Outcome], None],
-        touch: Callable[[StreamAccount], None] | None = None,
+        track: Callable[[RequestInfo], None] | None = None,
+        untrack: Callable[[RequestInfo], None] | None = None,
     ) -> None:
         self._submit = submit
-        self._touch = touch or (lambda _account: None)
+        self._track = track or (lambda _info: None)
+        self._untrack = untrack or (lambda _info: None)
+        self._prompts = Prompts()
+        self._open: dict[str, asyncio.Task[Any]] = {}  # observed streams, by request id
+
+    def ended_short(self, request_id: str, grace_s: float = CUT_GRACE_S) -> None:
+        """Envoy logged the request as ended short (client gone, reset, timeout: its access
+        log entry has response flags). Its observed stream, if still open, is closed after
+        ``grace_s`` (time to read chunks already sent) and accounted as cut: Envoy would hold
+        it open for its deferred_close_timeout. Never waits."""
+        task = self._open.get(request_id)
+        if task is not None:
+            asyncio.get_running_loop().call_later(grace_s, self._close, request_id, task)
+
+    def _close(self, request_id: str, task: asyncio.Task[Any]) -> None:
+        if self._open.get(request_id) is task:
+            task.cancel()
 
     async def Process(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
-        account: StreamAccount | None = None
+        first = await anext(request_iterator, None)
+        if first is None:
+            return
+        if first.observability_mode:
+            await self._observe(first, request_iterator)
+            return
+        async for response in self._mutate(first, request_iterator):
+            yield response
+
+    # -- nz.accounting: observed, never answered --------------------------------------
+
+    async def _observe(self, first: Any, rest: AsyncIterator[Any]) -> None:
+        account = StreamAccount(_request_info(first))
+        info = account.info
+        self._track(info)
+        task = asyncio.current_task()
+        if info.request_id and task is not None:
+            self._open[info.request_id] = task
         submitted = False
         try:
-            async for req in request_iterator:
+            req: Any = first
+            while req is not None:
                 kind = req.WhichOneof("request")
-                if kind == "request_body":
-                    if account is None:
-                        account = StreamAccount(_request_info(req))
-                    new_body = account.request_body(req.request_body.body)
-                    self._touch(account)
-                    yield ep.ProcessingResponse(request_body=_body_response(new_body))
-                elif kind == "response_body":
+                MESSAGES.labels("observe", kind).inc()
+                if kind == "response_body":
                     body = req.response_body
-                    if account is None:
-                        # A response to a request accounting never saw (an error Envoy
-                        # answered before the body reached ext_proc): nothing to account.
-                        yield ep.ProcessingResponse(response_body=ep.BodyResponse())
-                        continue
                     if not account.started:
                         account.response_start(_status(req), body.body)
-                    out = account.response_chunk(body.body, body.end_of_stream)
-                    if not body.end_of_stream:
-                        self._touch(account)
-                    response = ep.ProcessingResponse(response_body=_body_response(out))
-                    if body.end_of_stream or account.final:
-                        response.dynamic_metadata.CopyFrom(_struct(account.metadata()))
-                    if body.end_of_stream and not submitted:
-                        self._submit(account.outcome(cut=False))
+                    account.response_chunk(body.body, body.end_of_stream)
+                    if body.end_of_stream:
+                        self._finish(account, cut=False)
                         submitted = True
-                    yield response
-                # Headers and trailers are never sent (processing_mode in envoy.yaml); should a
-                # config send them, they pass unchanged.
-                elif kind == "request_headers":
-                    yield ep.ProcessingResponse(request_headers=ep.HeadersResponse())
-                elif kind == "response_headers":
-                    yield ep.ProcessingResponse(response_headers=ep.HeadersResponse())
-                elif kind == "request_trailers":
-                    yield ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
-                elif kind == "response_trailers":
-                    yield ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
+                        return
+                req = await anext(rest, None)
         finally:
             # The stream ended without its end (client gone, backend reset, timeout, Envoy
-            # closed the gRPC stream): account for what was seen.
-            if account is not None and not submitted and account.info.tenant_id:
-                self._submit(account.outcome(cut=True))
+            # closed the gRPC stream, :meth:`ended_short`): account for what was seen.
+            self._open.pop(info.request_id, None)
+            if not submitted:
+                self._finish(account, cut=True)
+
+    def _finish(self, account: StreamAccount, cut: bool) -> None:
+        info = account.info
+        self._untrack(info)
+        if not info.tenant_id:
+            return
+        if info.prompt_log:
+            account.prompt = self._prompts.pop(info.request_id)
+        self._submit(account.outcome(cut=cut))
+
+    # -- nz.rewrite (the request body) and nz.strip (the usage chunk) ------------------
+
+    async def _mutate(self, first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        account: StreamAccount | None = None
+        req: Any = first
+        while req is not None:
+            kind = req.WhichOneof("request")
+            if kind == "request_body":
+                MESSAGES.labels("rewrite", kind).inc()
+                account = StreamAccount(_request_info(req))
+                new_body = account.request_body(req.request_body.body)
+                if account.info.prompt_log:
+                    self._prompts.put(account.info.request_id, account.prompt)
+                yield ep.ProcessingResponse(request_body=_body_response(new_body))
+            elif kind == "response_body":
+                MESSAGES.labels("strip", kind).inc()
+                body = req.response_body
+                if account is None:
+                    account = StreamAccount(_request_info(req))
+                if not account.started:
+                    account.response_start(_status(req), body.body)
+                out = account.response_chunk(body.body, body.end_of_stream)
+                yield ep.ProcessingResponse(response_body=_body_response(out))
+            # Headers and trailers are never sent (processing_mode in envoy.yaml); should a
+            # config send them, they pass unchanged.
+            elif kind == "request_headers":
+                yield ep.ProcessingResponse(request_headers=ep.HeadersResponse())
+            elif kind == "response_headers":
+                yield ep.ProcessingResponse(response_headers=ep.HeadersResponse())
+            elif kind == "request_trailers":
+                yield ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
+            elif kind == "response_trailers":
+                yield ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
+            req = await anext(rest, None)
 
 
 # -- access log ------------------------------------------------------------------------
@@ -236,12 +336,9 @@ class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[m
 
 
 def register(
-    submit: Callable[[Outcome], None],
-    accept: Callable[[AccessEntry], None],
-    touch: Callable[[StreamAccount], None] | None = None,
+    processor: ExternalProcessor, accept: Callable[[AccessEntry], None]
 ) -> list[Callable[[grpc.aio.Server], None]]:
     def add_ext_proc(server: grpc.aio.Server) -> None:
-        processor = ExternalProcessor(submit, touch)
         ep_grpc.add_ExternalProcessorServicer_to_server(processor, server)
 
     def add_access_log(server: grpc.aio.Server) -> None:

@@ -1,4 +1,4 @@
-"""After a stream: release its concurrency slot, debit tokens/min when Envoy cannot, write its
+"""After a stream: release its concurrency slot, debit its tokens/min at the RLS, write its
 ledger row, settle its budget reservation to the real count — and while it streams, renew its
 leases. All in the background, never in the response path.
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable
 
 import grpc
@@ -21,12 +20,15 @@ import redis.asyncio as aioredis
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
+from accounting import inflight
 from accounting.batches import Batcher
+from accounting.inflight import InFlight
+from accounting.inflight import instance_name as inflight_instance
 from accounting.ledger import LedgerRow
 from accounting.outcomes import RecentOutcomes
 from accounting.promptlog import PromptRow
 from accounting.rlsdebit import TokenDebits
-from accounting.stream import Outcome, RequestInfo, StreamAccount
+from accounting.stream import Outcome, RequestInfo
 from gateway import budgets, leases, logs, slots
 from gateway.leases import Leases
 
@@ -54,11 +56,12 @@ class Settler:
         concurrency: int = 64,
         leases: Leases | None = None,
         debits: TokenDebits | None = None,
+        inflight: InFlight | None = None,
     ) -> None:
         self._redis = redis
         self._leases = leases or Leases()
         self._debits = debits
-        self._renewing: set[str] = set()
+        self._inflight = inflight or InFlight(redis, inflight_instance(""))
         self._ledger = ledger
         self._prompts = prompts
         self._outcomes = outcomes
@@ -76,35 +79,73 @@ class Settler:
         self._outcomes.put(outcome)
         self._queue.put_nowait(outcome)
 
-    def touch(self, account: StreamAccount) -> None:
-        """The stream is alive: renew its slot and reservation leases when a renewal period
-        has passed since the last (never waits; one renewal per request in flight)."""
-        info = account.info
-        now = time.monotonic()
-        if now - account.renewed_at < self._leases.renew_every_s:
-            return
-        account.renewed_at = now
-        if not info.tenant_id or not info.request_id or not (info.slot or info.reserved):
-            return
-        if info.request_id in self._renewing:
-            return
-        self._renewing.add(info.request_id)
-        task = asyncio.create_task(self._renew(info))
-        self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
+    def track(self, info: RequestInfo) -> None:
+        """A request's observed stream began: its leases are renewed until :meth:`untrack`,
+        and it is in the in-flight snapshot (accounting/inflight.py)."""
+        self._inflight.add(info)
 
-    async def _renew(self, info: RequestInfo) -> None:
-        try:
-            await leases.renew(
-                self._redis, self._leases, info.tenant_id, info.key_id, info.request_id
+    def untrack(self, info: RequestInfo) -> None:
+        self._inflight.remove(info)
+
+    @property
+    def live(self) -> int:
+        """Requests whose streams are open now."""
+        return len(self._inflight.open)
+
+    async def recover(self) -> int:
+        """Settle what an earlier accounting of this instance left open (at start, until
+        Redis answers): each request from its reservation, its slot given back. How many
+        there were."""
+        while True:
+            try:
+                orphans = await self._inflight.orphans()
+                break
+            except (RedisError, OSError, TimeoutError) as exc:
+                _log.warning("in-flight snapshot unreadable", error=type(exc).__name__)
+                await asyncio.sleep(1.0)
+        for outcome in orphans:
+            _log.warning(
+                "settling a stream open when accounting stopped",
+                tenant=outcome.info.tenant,
+                charged=outcome.counts.total,
             )
-            RENEWALS.inc()
-        except (RedisError, OSError, TimeoutError) as exc:
-            # The next chunk tries again; two missed renewals still leave a third of a lease.
-            SETTLE_ERRORS.inc()
-            _log.warning("lease renewal failed", error=type(exc).__name__)
-        finally:
-            self._renewing.discard(info.request_id)
+            self.submit(outcome)
+        return len(orphans)
+
+    async def snapshot(self) -> None:
+        """Write the in-flight snapshot now (at shutdown); raises on a Redis error."""
+        await self._inflight.snapshot()
+
+    async def snapshots(self) -> None:
+        """Keep the in-flight snapshot in Redis current."""
+        while True:
+            await asyncio.sleep(inflight.SNAPSHOT_S)
+            try:
+                await self._inflight.snapshot()
+            except (RedisError, OSError, TimeoutError) as exc:
+                SETTLE_ERRORS.inc()
+                _log.warning("in-flight snapshot failed", error=type(exc).__name__)
+
+    async def renew_leases(self) -> None:
+        """Every renewal period, push the leases of every live request (one pipeline): a
+        request holds its slot and reservation while its stream lives, however long it is
+        silent, and loses them one lease after accounting stops renewing (it died)."""
+        while True:
+            await asyncio.sleep(self._leases.renew_every_s)
+            live = [i for i in self._inflight.open.values() if i.slot or i.reserved]
+            if not live:
+                continue
+            try:
+                await leases.renew_all(
+                    self._redis,
+                    self._leases,
+                    [(i.tenant_id, i.key_id, i.request_id) for i in live],
+                )
+                RENEWALS.inc(len(live))
+            except (RedisError, OSError, TimeoutError) as exc:
+                # The next period tries again; two missed renewals still leave a third.
+                SETTLE_ERRORS.inc()
+                _log.warning("lease renewal failed", error=type(exc).__name__)
 
     def give_back(self, info: RequestInfo) -> None:
         """A request authz admitted but a filter after it refused (the RLS's 429, or 503 when
@@ -180,8 +221,8 @@ class Settler:
             await self._retry(
                 lambda: slots.release(self._redis, info.tenant_id, info.key_id, info.request_id)
             )
-        if not outcome.envoy_debits and self._debits is not None:
-            # Envoy never got the counts (a cut stream): tokens/min is debited from here.
+        if self._debits is not None:
+            # The RLS owns the tokens/min windows: the stream's tokens are debited there.
             debits = self._debits
             await self._retry(
                 lambda: debits.debit(info, counts.total), "a tokens/min debit", DEBIT_ERRORS

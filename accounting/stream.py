@@ -11,14 +11,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from accounting import rewrite
 from accounting.frames import NdjsonParser, SseEvent, SseParser
 from accounting.tally import Counts, Tally, estimate_tokens
-from gateway import gojson
+from gateway import gojson, rewrite
 
 # JSON (non-stream) bodies are parsed whole at the end; beyond this size they are estimated.
 MAX_JSON_BODY = 16 << 20
-METADATA_NAMESPACE = "envoy.filters.http.ext_proc"
 # A flat ``"usage": {...}`` (or null) member and its comma, cut out of a chunk's bytes.
 _USAGE_FIELD = re.compile(
     rb'\s*,\s*"usage"\s*:\s*(?:\{[^{}]*\}|null)|"usage"\s*:\s*(?:\{[^{}]*\}|null)\s*,\s*'
@@ -91,6 +89,7 @@ class RequestInfo:
     keep_alive_max_s: int | None = None
     slot: bool = False
     prompt_log: bool = False
+    strip_usage: bool = False  # the rewrite asked for a usage chunk the client did not
     prompt_estimate: int = 0  # authz's estimate of the prompt's tokens (its reservation's part)
     token_limits: tuple[TokenLimit, ...] = ()  # tokens/min limits of the key and the tenant
 
@@ -111,6 +110,7 @@ class RequestInfo:
             keep_alive_max_s=_number(meta.get("keep_alive_max_s")),
             slot=meta.get("slot") is True,
             prompt_log=meta.get("prompt_log") is True,
+            strip_usage=meta.get("strip_usage") is True,
             prompt_estimate=_prompt_estimate(meta),
             token_limits=_token_limits(meta.get("rl")),
         )
@@ -125,9 +125,6 @@ class Outcome:
     counts: Counts
     status: int
     cut: bool  # the stream ended before its end (client gone, backend reset, timeout)
-    # Envoy got the counts (ext_proc metadata ``tokens_total``): its ratelimit filter debits
-    # tokens/min at stream end. Otherwise accounting debits the RLS itself.
-    envoy_debits: bool = False
     prompt: Any = None  # the request body (prompt log only)
     completion: str = ""
     finished_at: float = field(default_factory=time.time)
@@ -163,11 +160,10 @@ class StreamAccount:
 
     def __init__(self, info: RequestInfo) -> None:
         self.info = info
-        self.renewed_at = time.monotonic()  # when its leases were taken or last renewed
         self.status = 0
-        self.strip_usage = False
+        self.strip_usage = info.strip_usage
         self.prompt: Any = None
-        self._tally = Tally(info.endpoint)
+        self._tally = Tally(info.endpoint, info.prompt_estimate)
         self._framing = ""  # "ndjson" | "sse" | "json" | "" (not parsed)
         self._ndjson = NdjsonParser()
         self._sse = SseParser()
@@ -176,7 +172,6 @@ class StreamAccount:
         self._done = False  # [DONE] seen (OpenAI streams)
         self._ended = False
         self._started = False  # response status and framing known
-        self._told_envoy = False  # metadata() was handed to Envoy
 
     # -- request -------------------------------------------------------------------------
 
@@ -327,21 +322,6 @@ class StreamAccount:
             return Counts(tokens_in, counts.tokens_out, True, counts.error, False)
         return counts
 
-    def metadata(self) -> dict[str, Any]:
-        """Dynamic metadata for Envoy (``tokens_total`` feeds tokens/min via hits_addend);
-        the caller hands it to Envoy."""
-        self._told_envoy = True
-        counts = self.counts()
-        values: dict[str, Any] = {
-            "tokens_total": counts.total,
-            "tokens_in": counts.tokens_in,
-            "tokens_out": counts.tokens_out,
-            "estimated": counts.estimated,
-        }
-        if counts.error:
-            values["error"] = counts.error
-        return {METADATA_NAMESPACE: values}
-
     def outcome(self, cut: bool) -> Outcome:
         cut = cut and not self._ended
         return Outcome(
@@ -349,7 +329,6 @@ class StreamAccount:
             counts=self.counts(cut),
             status=self.status,
             cut=cut,
-            envoy_debits=self._told_envoy,
             prompt=self.prompt if self.info.prompt_log else None,
             completion=self._tally.completion if self.info.prompt_log else "",
         )

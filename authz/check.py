@@ -19,6 +19,7 @@ from urllib.parse import unquote
 from prometheus_client import Counter
 
 from authz import endpoints, fields, listings, models, payload, throttle
+from authz.accounting_health import AccountingHealth
 from authz.admission import Admission, Admitter, Outcome
 from authz.admission import StoreUnavailable as AdmissionUnavailable
 from authz.decision import Allow, Decision, deny, json_reply
@@ -27,7 +28,7 @@ from authz.endpoints import Endpoint, Kind, Scope
 from authz.keys import AddressThrottled, KeyStore, StoreUnavailable
 from authz.principal import Principal
 from authz.request import AuthzRequest
-from gateway import apikeys, gojson, logs
+from gateway import apikeys, gojson, logs, rewrite
 
 _UNAUTHORIZED_HEADERS = {"www-authenticate": 'Bearer realm="neuronetz"'}
 _RATE_LIMITED = frozenset({Kind.INFERENCE, Kind.VERSION})  # the requests authz sends to the RLS
@@ -70,7 +71,9 @@ class Authorizer:
         max_request_bytes: int,
         throttles: throttle.Throttles | None = None,
         inert_options: frozenset[str] = frozenset(),
+        accounting: AccountingHealth | None = None,
     ) -> None:
+        self._accounting = accounting  # None: not watched (the unit tests' Authorizer)
         self._inert_options = inert_options  # options every tenant may send (backend ignores)
         # What the RLS announced it refuses (none heard without a subscriber).
         self._throttles = throttle.Throttles() if throttles is None else throttles
@@ -153,6 +156,9 @@ class Authorizer:
         model = models.permits(principal, self._discovery.models(), body.model)
         if model is None:
             return await self._refuse(403, req, metadata=meta)
+        if self._accounting is not None and not self._accounting.up:
+            # Nothing would account for it: 503 before any slot or reservation is taken.
+            return deny(503, req.surface, metadata=meta)
         embeddings = endpoint.scope is Scope.EMBEDDINGS
         # What it asks (or the tenant's default), never above the tenant's or gateway's ceiling.
         asked = body.output_cap or principal.default_max_tokens
@@ -182,6 +188,17 @@ class Authorizer:
             slot=admission.slot,
             prompt_log=principal.prompt_log,
         )
+        limits = rewrite.Limits(
+            endpoint.path, body.stream, cap, principal.keep_alive_min_s, principal.keep_alive_max_s
+        )
+        # Only a request whose body changes (or whose prompt is logged) takes Envoy's mutating
+        # ext_proc round trip (nz.rewrite in envoy.yaml), and only a stream that gets a usage
+        # chunk its client did not ask for has it taken out (nz.strip).
+        changes = rewrite.apply(body.body, limits)
+        if changes.changed or principal.prompt_log:
+            meta["rewrite"] = True
+        if changes.strip_usage:
+            meta["strip_usage"] = True
         return self._allow(principal, admission, meta)
 
     def _raise_unless_admitted(

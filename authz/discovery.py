@@ -21,7 +21,9 @@ from redis.exceptions import RedisError
 from authz.models import canonical
 from gateway import logs
 
-MODELS_DISCOVERED = Gauge("authz_models_discovered", "distinct models on live backends")
+MODELS_DISCOVERED = Gauge(
+    "authz_models_discovered", "distinct models on live backends", multiprocess_mode="max"
+)
 _FETCH_TIMEOUT_S = 2.0
 _log = logs.get("authz.discovery")
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 
 from authz import fields, server
+from authz.accounting_health import AccountingHealth
 from authz.admission import Admitter
 from authz.check import Authorizer
 from authz.discovery import Discovery
@@ -15,10 +16,11 @@ from authz.revocations import RevocationListener
 from authz.throttle import Subscriber, Throttles
 from gateway import apikeys, grpcserver, logs, metrics
 from gateway.leases import Leases
-from gateway.settings import Settings
+from gateway.settings import Settings, reach
 from gateway.storage import pg_pool, redis_client
 
 _FIRST_DISCOVERY_S = 3.0
+_FIRST_ACCOUNTING_S = 3.0
 
 
 async def run(cfg: Settings) -> None:
@@ -46,7 +48,13 @@ async def run(cfg: Settings) -> None:
     listener = RevocationListener(cfg.database_url, keys)
     throttles = Throttles()  # the RLS's refusals, heard on Redis pub/sub
     subscriber = Subscriber(cfg.redis_url, throttles, cfg.redis_timeout_s)
-    background = [
+    accounting = AccountingHealth(
+        reach(cfg.accounting_target, cfg.accounting_listen), cfg.accounting_stale_after_s
+    )
+    background = [asyncio.create_task(accounting.run(), name="accounting_health")]
+    if not await accounting.first_answer(_FIRST_ACCOUNTING_S):
+        log.warning("accounting is not answering: inference is refused until it does")
+    background += [
         asyncio.create_task(discovery.run(), name="discovery"),
         asyncio.create_task(listener.run(), name="revocations"),
         asyncio.create_task(subscriber.run(), name="throttles"),
@@ -58,9 +66,13 @@ async def run(cfg: Settings) -> None:
         cfg.max_request_bytes,
         throttles,
         inert_options=fields.inert_options(cfg.inert_options),
+        accounting=accounting,
     )
     grpc_server = await grpcserver.start(
-        cfg.authz_listen, [server.register(authorizer)], [server.SERVICE_NAME]
+        cfg.authz_listen,
+        [server.register(authorizer)],
+        [server.SERVICE_NAME],
+        reuse_port=cfg.worker,
     )
     log.info("serving", listen=cfg.authz_listen, backends=len(cfg.ollama_urls))
 

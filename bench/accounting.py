@@ -54,7 +54,7 @@ class StreamRow:
 def without_accounting(stack: Stack, port: int, admin: int) -> dict[str, Any]:
     """The shipped config minus ext_proc (filter and per-route entries) and the access log."""
     return envoyconf.without_filters(
-        stack.envoy_config(port, admin), ["envoy.filters.http.ext_proc"], access_log=False
+        stack.envoy_config(port, admin), list(envoyconf.ACCOUNTING_FILTERS), access_log=False
     )
 
 

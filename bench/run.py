@@ -196,11 +196,8 @@ def raw_envoy_config(stack: Stack, port: int, admin: int) -> dict[str, Any]:
     return envoyconf.without_filters(config, drop, access_log=False)
 
 
-AUTHZ, RATELIMIT, EXT_PROC = (
-    "envoy.filters.http.ext_authz",
-    "envoy.filters.http.ratelimit",
-    "envoy.filters.http.ext_proc",
-)
+AUTHZ, RATELIMIT = ("envoy.filters.http.ext_authz", "envoy.filters.http.ratelimit")
+ACCOUNTING = list(envoyconf.ACCOUNTING_FILTERS)
 
 
 def baselines(
@@ -216,7 +213,10 @@ def baselines(
 
     found = [("raw envoy", lambda port, admin: raw_envoy_config(stack, port, admin))]
     if breakdown:
-        found += [("authz only", minus([RATELIMIT, EXT_PROC])), ("authz+rl", minus([EXT_PROC]))]
+        found += [
+            ("authz only", minus([RATELIMIT, *ACCOUNTING])),
+            ("authz+rl", minus(ACCOUNTING)),
+        ]
     return found
 
 
@@ -375,6 +375,9 @@ def main() -> None:
     parser.add_argument("--only", choices=("latency", "streams"), help="run only this part")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes per service (NZ_WORKERS)"
+    )
+    parser.add_argument(
         "--breakdown",
         action="store_true",
         help="also measure Envoy with ext_authz only, and with ext_authz + ratelimit",
@@ -384,7 +387,8 @@ def main() -> None:
         parser.error("--frames must be at least 2 (one token and the done frame)")
     latency, stream = args.only != "streams", args.only != "latency"
 
-    stack = Stack(StackConfig(log_level="warning")).start()
+    workers = {"NZ_WORKERS": str(args.workers)}
+    stack = Stack(StackConfig(log_level="warning", extra_env=workers)).start()
     try:
         gw = Gateway(stack)
 

@@ -18,6 +18,9 @@ ENVOY_DIR: Traversable = files("gateway") / "envoy"
 
 
 HCM = "envoy.filters.network.http_connection_manager"
+# accounting's ext_proc filters in envoy/envoy.yaml (accounting/server.py): the usage-chunk
+# strip, the request-body rewrite, the observed stream.
+ACCOUNTING_FILTERS = ("nz.strip", "nz.rewrite", "nz.accounting")
 FIXED_HEAP = "envoy.resource_monitors.fixed_heap"
 DOWNSTREAM_CONNECTIONS = "envoy.resource_monitors.global_downstream_max_connections"
 

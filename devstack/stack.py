@@ -75,6 +75,9 @@ class Stack:
             self.redis_url = cfg.redis_url or self._start_redis()
             self.ollama_urls = cfg.ollama_urls or [self._start_mock()]
             asyncio.run(migrate.apply(self.database_url))
+            # Every service's ports first: each one is told where the others listen.
+            for name in SERVICES:
+                self._reserve_ports(name)
             for name in SERVICES:
                 self._start_service(name)
             self._start_envoy()
@@ -190,6 +193,9 @@ class Stack:
                 "NZ_OLLAMA_URLS": ",".join(self.ollama_urls),
                 "NZ_ADMIN_TOKEN": self.admin_token,
                 "NZ_LOG_LEVEL": self.config.log_level,
+                # One pod's sidecars: several stacks may share one Redis.
+                "NZ_INSTANCE": f"stack-{self.work_dir.name}",
+                "NZ_WORKERS": "1",  # extra_env may ask for more
             }
         )
         if "mock_ollama" in self.procs:
@@ -201,11 +207,13 @@ class Stack:
         env.update(self.config.extra_env)
         return env
 
-    def _start_service(self, name: str) -> None:
+    def _reserve_ports(self, name: str) -> None:
         self.ports[name] = free_port()
         self.ports[f"{name}_metrics"] = free_port()
         if name == "authz":
             self.ports["admin"] = free_port()
+
+    def _start_service(self, name: str) -> None:
         env = self.service_env()
         env["NZ_METRICS_PORT"] = str(self.ports[f"{name}_metrics"])
         self._proc(name, python_module("gateway.cli", name), self.ports[name], env=env).start()

@@ -32,7 +32,7 @@ from gateway.periods import Period
 # A reservation not settled (nor renewed by its live stream, ``gateway/leases.py``) within
 # this time stops counting: a lost settlement heals itself. The default of the setting
 # ``NZ_RESERVATION_LEASE_S``.
-RESERVATION_TTL_S = 1800
+RESERVATION_TTL_S = 15
 # The reservation's record outlives the reservation by this much: a settlement that comes
 # after the reservation expired still finds which *used* counters to debit.
 RECORD_GRACE_S = 86400

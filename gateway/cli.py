@@ -10,21 +10,28 @@ from collections.abc import Sequence
 
 import uvloop
 
+from gateway import workers
 from gateway.settings import load_settings
 
 # Each service's entry module exposes ``async def run(settings)``. The local stack starts
 # every service listed here, in this order.
+# In start order: authz admits inference only while accounting answers (and stops first).
 SERVICE_MODULES = {
-    "authz": "authz.main",
-    "ratelimit": "ratelimit.main",
     "accounting": "accounting.main",
+    "ratelimit": "ratelimit.main",
+    "authz": "authz.main",
 }
 
 
-def _run_service(name: str) -> int:
+def _run_service(name: str, workers_flag: int | None = None) -> int:
+    cfg = load_settings()
+    if workers_flag is not None:
+        cfg = cfg.model_copy(update={"workers": max(1, workers_flag)})
+    if cfg.workers > 1 and not cfg.worker:
+        return workers.supervise(name, cfg.workers, cfg.metrics_port)
     module = importlib.import_module(SERVICE_MODULES[name])
     # uvloop: the services' event loop (grpc aio, asyncpg, redis) runs ~1.5x the Checks/s.
-    uvloop.run(module.run(load_settings()))
+    uvloop.run(module.run(cfg))
     return 0
 
 
@@ -108,7 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SERVICE_MODULES:
         p = sub.add_parser(name, help=f"run the {name} gRPC service")
-        p.set_defaults(func=lambda a, n=name: _run_service(n))
+        p.add_argument(
+            "--workers",
+            type=int,
+            help="worker processes on the service's ports (default: NZ_WORKERS, else the CPUs)",
+        )
+        p.set_defaults(func=lambda a, n=name: _run_service(n, a.workers))
     migrate = sub.add_parser("migrate", help="apply the database migrations this package ships")
     migrate.add_argument(
         "--status", action="store_true", help="list applied and pending migrations, apply none"

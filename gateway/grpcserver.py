@@ -14,12 +14,18 @@ Register = Callable[[grpc.aio.Server], None]
 
 
 async def start(
-    listen: str, register: Iterable[Register], service_names: Iterable[str]
+    listen: str,
+    register: Iterable[Register],
+    service_names: Iterable[str],
+    *,
+    reuse_port: bool = False,
 ) -> grpc.aio.Server:
-    """Bind ``listen`` (host:port), add the services, health (all SERVING) and reflection."""
+    """Bind ``listen`` (host:port), add the services, health (all SERVING) and reflection.
+    ``reuse_port``: one of several workers on the port (gateway/workers.py); otherwise a port
+    already taken is an error, not a silent second server."""
     server = grpc.aio.server(
         options=[
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
             ("grpc.max_receive_message_length", 8 << 20),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),

@@ -3,9 +3,11 @@
 authz takes both with an expiry (``authz/admission.py``): a slot (``gateway/slots.py``) and a
 reservation (``gateway/budgets.py``) that nobody releases — a crashed accounting, a lost
 stream — free themselves. A stream that lives longer than a lease must not lose it: while the
-stream's bytes flow, accounting calls :func:`renew` (every :attr:`Leases.renew_every_s`), one
-Lua call that pushes the expiry of whatever the request still holds, and nothing else: a slot
-or reservation already released, settled or swept stays gone.
+stream is open, accounting calls :func:`renew_all` for every live request (every
+:attr:`Leases.renew_every_s`): one Lua call per request, pipelined, that pushes the expiry of
+whatever the request still holds, and nothing else: a slot or reservation already released,
+settled or swept stays gone. Leases are short (15 s by default): a request whose
+accounting died frees what it held within one lease.
 """
 
 from __future__ import annotations
@@ -70,28 +72,30 @@ return 1
 """
 
 
-async def renew(
+async def renew_all(
     redis: aioredis.Redis,
     leases: Leases,
-    tenant_id: str,
-    key_id: str,
-    request_id: str,
+    requests: list[tuple[str, str, str]],
+    batch: int = 500,
 ) -> None:
-    """Push the expiry of the request's slot and reservation ``leases`` into the future."""
-    now = time.time()
+    """Push the expiry of every request's slot and reservation ``leases`` into the future;
+    ``requests``: (tenant_id, key_id, request_id). One pipeline per ``batch`` requests."""
     script = redis.register_script(_RENEW)
-    await script(
-        keys=[
-            slots.key_slots(tenant_id, key_id),
-            slots.tenant_slots(tenant_id),
-            budgets.reservation_key(tenant_id, request_id),
-        ],
-        args=[
-            request_id,
+    for start in range(0, len(requests), batch):
+        now = time.time()
+        args = [
             now + leases.slot_s,
             leases.slot_s + 1,
             now + leases.reservation_s,
             leases.reservation_s + 1,
             leases.record_ttl_s,
-        ],
-    )
+        ]
+        async with redis.pipeline(transaction=False) as pipe:
+            for tenant_id, key_id, request_id in requests[start : start + batch]:
+                keys = [
+                    slots.key_slots(tenant_id, key_id),
+                    slots.tenant_slots(tenant_id),
+                    budgets.reservation_key(tenant_id, request_id),
+                ]
+                await script(keys=keys, args=[request_id, *args], client=pipe)
+            await pipe.execute()

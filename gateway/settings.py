@@ -8,6 +8,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator
 
+from gateway.workers import machine_cpus
+
 
 class Settings(BaseModel):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/gateway"
@@ -23,6 +25,11 @@ class Settings(BaseModel):
 
     admin_token: str = ""
     log_level: str = "info"
+    # worker processes per service on one port (gateway/workers.py); default: the CPUs
+    workers: int = Field(default_factory=machine_cpus, ge=1, le=64)
+    worker_index: int = -1  # set by the supervisor for each worker; -1: not a worker
+    # This pod (its sidecars share it): names accounting's in-flight snapshot. "": host name
+    instance: str = ""
 
     # authz
     max_request_bytes: int = 1 << 20
@@ -58,10 +65,13 @@ class Settings(BaseModel):
     accounting_spool_dir: str = ""  # rows unwritten at shutdown go here ("": nowhere)
 
     # leases of a request in flight (authz takes them, accounting renews them while it streams)
-    slot_lease_s: int = Field(900, ge=1)  # a slot nobody renews or releases is free after this
-    reservation_lease_s: int = Field(1800, ge=1)  # likewise a budget reservation
-    # the RLS as accounting reaches it (cut streams' tokens/min); "": ratelimit_listen
+    slot_lease_s: int = Field(15, ge=1)  # a slot nobody renews or releases is free after this
+    reservation_lease_s: int = Field(15, ge=1)  # likewise a budget reservation
+    # the RLS as accounting reaches it (tokens/min debits); "": ratelimit_listen
     ratelimit_target: str = ""
+    # accounting as authz watches it (no inference while it is down); "": accounting_listen
+    accounting_target: str = ""
+    accounting_stale_after_s: float = Field(0.6, gt=0, le=5)  # unanswered this long: down
 
     # audit retention and bounds (gateway/auditparts.py, accounting/denials.py)
     audit_retention_days: int = Field(default=90, ge=1)  # day partitions older are dropped
@@ -76,6 +86,11 @@ class Settings(BaseModel):
             return [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
         return value
 
+    @property
+    def worker(self) -> bool:
+        """One of several worker processes of its service (it shares its ports)."""
+        return self.worker_index >= 0
+
 
 def _admin_token_from_env() -> str:
     token = os.environ.get("NZ_ADMIN_TOKEN", "")
@@ -83,6 +98,17 @@ def _admin_token_from_env() -> str:
     if not token and path:
         token = Path(path).read_text(encoding="utf-8").strip()
     return token
+
+
+def reach(target: str, listen: str) -> str:
+    """Where one sidecar reaches another: ``target`` when set, else the other's own listen
+    address (the services share a network namespace: a wildcard host is loopback)."""
+    if target:
+        return target
+    host, _, port = listen.rpartition(":")
+    if host in ("", "0.0.0.0", "[::]", "::"):  # a wildcard listens everywhere: loopback
+        host = "127.0.0.1"
+    return f"{host}:{port}"
 
 
 def load_settings() -> Settings:

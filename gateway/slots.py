@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 # A slot not released (nor renewed by its live stream, ``gateway/leases.py``) within this time
 # is free again. The default of the setting ``NZ_SLOT_LEASE_S``.
-LEASE_S = 900
+LEASE_S = 15
 
 
 def key_slots(tenant_id: str, key_id: str) -> str:

@@ -28,7 +28,10 @@ async def run(cfg: Settings) -> None:
     decider = Decider(static, windows, near_ratio=cfg.ratelimit_near_ratio)
     announcer = Announcer(redis, timeout_s=cfg.ratelimit_deadline_s)
     grpc_server = await grpcserver.start(
-        cfg.ratelimit_listen, [server.register(decider, announcer)], [server.SERVICE_NAME]
+        cfg.ratelimit_listen,
+        [server.register(decider, announcer)],
+        [server.SERVICE_NAME],
+        reuse_port=cfg.worker,
     )
     log.info("serving", listen=cfg.ratelimit_listen, domains=static.domains)
 

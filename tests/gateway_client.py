@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from authz import provisioning
 from devstack.processes import Proc
@@ -64,6 +66,17 @@ class Gateway:
         if proc is None:
             pytest.skip(f"{name} is an external instance, not started by the tests")
         return proc
+
+    def metric(self, service: str, name: str, **labels: str) -> float:
+        """The sum of a metric's samples whose labels include ``labels``, as a Prometheus
+        scrape of the service reads them."""
+        text = httpx.get(self.stack.metrics_url(service), timeout=5).text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        )
 
     def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
         return self._db(lambda conn: conn.fetch(query, *args))

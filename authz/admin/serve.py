@@ -45,6 +45,8 @@ async def start(
         _log.warning("admin_not_loopback", listen=cfg.admin_listen)
     hasher = apikeys.hasher(cfg.argon2_time_cost, cfg.argon2_memory_kib)
     admin = Admin(pool, hasher, list(cfg.ollama_urls), discovery=discovery, redis=redis)
-    server = await grpcserver.start(cfg.admin_listen, [register(admin, tokens)], [SERVICE_NAME])
+    server = await grpcserver.start(
+        cfg.admin_listen, [register(admin, tokens)], [SERVICE_NAME], reuse_port=cfg.worker
+    )
     _log.info("admin_serving", listen=cfg.admin_listen)
     return server

@@ -20,14 +20,16 @@ import pytest
 from accounting import ledger
 from accounting.denymode import DENY_MODE_KEY
 from accounting.ledger import LedgerRow
-from devstack.processes import Proc
 from tests.e2e.test_accounting_helpers import (
     CHAT,
+    accounting_answering,
     audit_rows,
     caller,
     ledger_rows,
     redis_client,
+    reservation,
     until,
+    used,
 )
 from tests.gateway_client import Caller, Gateway
 
@@ -39,7 +41,8 @@ def chat(gw: Gateway, who: Caller) -> httpx.Response:
 
 
 @contextmanager
-def stopped(proc: Proc) -> Iterator[None]:
+def stopped(gw: Gateway, name: str) -> Iterator[None]:
+    proc = gw.managed(name)
     if proc.name == "postgres" and proc.popen is not None:
         # SIGINT is Postgres' fast shutdown (SIGTERM waits for every client to leave).
         os.killpg(proc.popen.pid, signal.SIGINT)
@@ -50,6 +53,8 @@ def stopped(proc: Proc) -> Iterator[None]:
     finally:
         if not proc.running:
             proc.start(60)
+        if name == "accounting":
+            accounting_answering(gw)
 
 
 @contextmanager
@@ -61,19 +66,21 @@ def accounting_env(gw: Gateway, **env: str) -> Iterator[None]:
     proc.stop()
     proc.env.update(env)
     proc.start()
+    accounting_answering(gw)
     try:
         yield
     finally:
         proc.stop()
         proc.env = original
         proc.start()
+        accounting_answering(gw)
 
 
 def test_postgres_down_rows_are_buffered_and_written_when_it_returns(gw: Gateway) -> None:
     who = caller(gw)
     assert chat(gw, who).status_code == 200  # the key is now cached by authz
     audit_rows(gw, who)
-    with stopped(gw.managed("postgres")):
+    with stopped(gw, "postgres"):
         statuses = [chat(gw, who).status_code for _ in range(10)]
         assert statuses == [200] * 10
         time.sleep(0.5)  # the writers are failing and retrying now
@@ -91,7 +98,7 @@ def test_full_buffer_switches_to_deny_mode_until_drained(gw: Gateway) -> None:
         assert chat(gw, who).status_code == 200
         audit_rows(gw, who)
         allowed = 1
-        with stopped(gw.managed("postgres")):
+        with stopped(gw, "postgres"):
             deadline = time.monotonic() + 15
             status = 200
             while status == 200 and time.monotonic() < deadline:
@@ -114,10 +121,22 @@ def test_full_buffer_switches_to_deny_mode_until_drained(gw: Gateway) -> None:
 def test_accounting_down_fails_closed(gw: Gateway) -> None:
     who = caller(gw)
     body = {**CHAT, "options": {"num_predict": 3}}
-    with stopped(gw.stack.procs["accounting"]):
+    refusals = gw.metric("authz", "authz_decisions_total", status="503")
+    with stopped(gw, "accounting"):
+        gone = time.monotonic()
+        # Within a second authz sees accounting gone and refuses (503) itself; until then
+        # Envoy fails the request (its ext_proc stream cannot open): never a 200.
+        while gw.metric("authz", "authz_decisions_total", status="503") == refusals:
+            assert time.monotonic() - gone < 1.0, "authz did not refuse within a second"
+            try:
+                resp = httpx.post(f"{gw.url}/api/chat", json=body, headers=who.headers)
+                assert resp.status_code == 503
+            except httpx.HTTPError:
+                pass  # Envoy cut the reply it had begun: no 200, nothing delivered
+            time.sleep(0.05)
         resp = httpx.post(f"{gw.url}/api/chat", json=body, headers=who.headers)
         assert resp.status_code == 503
-        assert resp.json() == {"error": "service unavailable"}  # no stream, unaccounted
+        assert resp.json() == {"error": "service unavailable"}
         oa = httpx.post(
             f"{gw.url}/v1/chat/completions",
             json={**CHAT, "max_tokens": 3, "stream": True},  # no Ollama `options` on /v1: 400
@@ -130,7 +149,10 @@ def test_accounting_down_fails_closed(gw: Gateway) -> None:
         # Routes without anything to account do not depend on accounting.
         version = httpx.get(f"{gw.url}/api/version", headers=who.headers)
         assert version.status_code == 200
-    assert until(lambda: chat(gw, who).status_code == 200, timeout_s=10)
+    assert chat(gw, who).status_code == 200
+    # Nothing admitted around the outage holds a slot longer than a lease (15 s).
+    slots = f"nz:{{{who.tenant_id}}}:cs:t"
+    assert until(lambda: redis_client(gw).zcard(slots) == 0, timeout_s=20)
 
 
 def test_accounting_restart_loses_and_doubles_nothing(gw: Gateway) -> None:
@@ -141,6 +163,7 @@ def test_accounting_restart_loses_and_doubles_nothing(gw: Gateway) -> None:
     proc = gw.stack.procs["accounting"]
     proc.stop()  # SIGTERM: accounting writes what it holds before it exits
     proc.start()
+    accounting_answering(gw)
     for _ in range(5):
         assert chat(gw, who).status_code == 200
     rows = audit_rows(gw, who, count=25, timeout_s=15)
@@ -183,7 +206,7 @@ def test_accounting_restart_during_a_postgres_outage_loses_nothing(
         assert chat(gw, who).status_code == 200
         audit_rows(gw, who)
         accounting = gw.stack.procs["accounting"]
-        with stopped(gw.managed("postgres")):
+        with stopped(gw, "postgres"):
             for _ in range(5):
                 assert chat(gw, who).status_code == 200
             time.sleep(0.3)  # the access-log entries reach accounting
@@ -191,17 +214,24 @@ def test_accounting_restart_during_a_postgres_outage_loses_nothing(
             assert (spool / "audit_log.jsonl").exists()
             assert (spool / "budget_ledger.jsonl").exists()
             accounting.start()  # and come back from it
+            accounting_answering(gw)
             assert not (spool / "audit_log.jsonl").exists()
         rows = audit_rows(gw, who, count=6, timeout_s=20)
         assert len(rows) == 6 and len({r["request_id"] for r in rows}) == 6
         assert len(ledger_rows(gw, who, count=6, timeout_s=20)) == 6
 
 
-def test_accounting_dying_mid_stream_cuts_the_stream(gw: Gateway) -> None:
-    who = caller(gw)
+def test_accounting_dying_mid_stream_cuts_the_stream_and_settles_it_when_back(
+    gw: Gateway,
+) -> None:
+    """A stream whose accounting dies is cut (nothing more is delivered unaccounted). The next
+    accounting settles it from its reservation — the most it could have cost — and gives its
+    slot back at once, not after a lease."""
+    who = caller(gw, {"budget_daily": 1_000_000, "max_concurrent": 1})
     body = {**CHAT, "options": {"num_predict": 60, "mock_frame_delay_ms": 50}}
-    proc = gw.stack.procs["accounting"]
+    proc = gw.managed("accounting")
     frames: list[str] = []
+    reserved = 0
     try:
         with (
             pytest.raises(httpx.HTTPError),
@@ -211,11 +241,18 @@ def test_accounting_dying_mid_stream_cuts_the_stream(gw: Gateway) -> None:
             for line in resp.iter_lines():
                 frames.append(line)
                 if len(frames) == 3:
+                    reserved = reservation(gw, who)
+                    time.sleep(0.7)  # accounting's in-flight snapshot (every 0.5 s) has it
                     assert proc.popen is not None
                     os.killpg(proc.popen.pid, signal.SIGKILL)  # a crash, not a graceful stop
     finally:
         proc.stop()
         proc.start()
+        accounting_answering(gw)
     assert 3 <= len(frames) < 60
     assert '"done":true' not in "".join(frames)  # the rest was never delivered unaccounted
-    assert until(lambda: chat(gw, who).status_code == 200, timeout_s=10)
+    (ledger,) = ledger_rows(gw, who)
+    assert ledger["estimated"] is True
+    assert ledger["tokens_in"] + ledger["tokens_out"] == reserved
+    assert until(lambda: used(gw, who) == reserved)
+    assert chat(gw, who).status_code == 200  # max_concurrent 1: the slot is free again

@@ -79,3 +79,31 @@ def until(check: Any, timeout_s: float = 10.0, interval_s: float = 0.05) -> Any:
         if value or time.monotonic() > deadline:
             return value
         time.sleep(interval_s)
+
+
+def accounting_answering(gw: Gateway, timeout_s: float = 10.0) -> None:
+    """Wait until authz has seen accounting answer since this call (after a restart: the new
+    process, not the old one's last answer); it refuses inference with 503 until then
+    (authz/accounting_health.py)."""
+    answers = "authz_accounting_checks_total"
+    since = gw.metric("authz", answers, answer="serving")
+
+    def answered() -> bool:
+        return (
+            gw.metric("authz", answers, answer="serving") > since
+            and gw.metric("authz", "authz_accounting_up") == 1.0
+        )
+
+    assert until(answered, timeout_s), f"authz did not see accounting answer in {timeout_s} s"
+
+
+def reserved_key(who: Caller) -> str:
+    """The Redis sorted set of the tenant's live reservations against its daily budget."""
+    return budgets.Budget(who.tenant_id, None, Period.DAILY, 0).reserved_key(datetime.now(UTC))
+
+
+def reservation(gw: Gateway, who: Caller) -> int:
+    """The tokens authz reserved for the tenant's one request in flight (Redis)."""
+    members = redis_client(gw).zrange(reserved_key(who), 0, -1)
+    assert len(members) == 1, members
+    return int(str(members[0]).rsplit("|", 1)[1])

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from accounting.rewrite import keep_alive_seconds
+from gateway.rewrite import keep_alive_seconds
 from gateway.settings import Settings
 from tests.e2e.test_authz_support import CHAT, FORBIDDEN, FORBIDDEN_OPENAI, caller
 from tests.gateway_client import Caller, Gateway

@@ -3,7 +3,6 @@ authz metrics, direct Redis access."""
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -45,15 +44,8 @@ def poll(check: Callable[[], T | None], timeout_s: float, interval_s: float = 0.
         time.sleep(interval_s)
 
 
-def metric(gw: Gateway, name: str, service: str = "authz") -> float:
-    """The sum of a Prometheus counter's samples (all labels) on a service's endpoint."""
-    text = httpx.get(gw.stack.metrics_url(service), timeout=5).text
-    pattern = re.compile(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.e+-]+)$", re.MULTILINE)
-    return sum(float(v) for v in pattern.findall(text))
-
-
 def argon2_verifies(gw: Gateway) -> float:
-    return metric(gw, "authz_argon2_verifications_total")
+    return gw.metric("authz", "authz_argon2_verifications_total")
 
 
 def rds(gw: Gateway) -> redis.Redis:

@@ -56,32 +56,16 @@ def big(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "messages": [{"role": "user", "content": BIG}]}
 
 
-def metric(gw: Gateway, service: str, name: str, **labels: str) -> float:
-    text = httpx.get(gw.stack.metrics_url(service), timeout=5).text
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + " ") and not labels:
-            total += float(line.rsplit(" ", 1)[1])
-        if not line.startswith(name + "{"):
-            continue
-        found = dict(
-            part.split("=", 1) for part in line[len(name) + 1 : line.index("}")].split(",") if part
-        )
-        if all(found.get(k) == f'"{v}"' for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def parsed(gw: Gateway) -> float:
-    return metric(gw, "authz", "authz_bodies_parsed_total")
+    return gw.metric("authz", "authz_bodies_parsed_total")
 
 
 def throttled(gw: Gateway, tenant: str) -> float:
-    return metric(gw, "authz", "authz_throttled_total", tenant=tenant)
+    return gw.metric("authz", "authz_throttled_total", tenant=tenant)
 
 
 def rls_refusals(gw: Gateway, tenant: str) -> float:
-    return metric(gw, "ratelimit", "ratelimit_decisions_total", outcome="over_limit", tenant=tenant)
+    return gw.metric("ratelimit", "ratelimit_decisions_total", outcome="over_limit", tenant=tenant)
 
 
 def until_authz_refuses(gw: Gateway, key: str, tenant: str, deadline_s: float = 3.0) -> None:

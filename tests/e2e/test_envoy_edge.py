@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from devstack.envoyconf import EdgeLimits
-from tests.e2e.test_authz_support import CHAT, UNAUTHORIZED, caller, chat, metric
+from tests.e2e.test_authz_support import CHAT, UNAUTHORIZED, caller, chat
 from tests.gateway_client import Gateway
 
 HEADERS_TIMEOUT_S = 1.0
@@ -217,7 +217,7 @@ def test_under_heap_pressure_new_requests_get_503_in_the_surface_shape(gw: Gatew
 def test_no_well_formed_key_is_refused_before_the_body_without_authz(
     gw: Gateway, path: str, headers: dict[str, str], expected: dict[str, object]
 ) -> None:
-    checks = metric(gw, "authz_decisions_total")
+    checks = gw.metric("authz", "authz_decisions_total")
     with _connect(gw.url) as sock:
         sock.sendall(_stalled_upload(path, headers))
         started = time.monotonic()
@@ -226,17 +226,17 @@ def test_no_well_formed_key_is_refused_before_the_body_without_authz(
     assert status == 401
     assert json.loads(body) == expected
     assert got["www-authenticate"] == 'Bearer realm="neuronetz"'
-    assert metric(gw, "authz_decisions_total") == checks  # authz never saw it
+    assert gw.metric("authz", "authz_decisions_total") == checks  # authz never saw it
 
 
 @pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions", "/v1/messages"])
 def test_envoys_401_is_byte_for_byte_authz_401(gw: Gateway, path: str) -> None:
-    checks = metric(gw, "authz_decisions_total")
+    checks = gw.metric("authz", "authz_decisions_total")
     by_envoy = httpx.post(f"{gw.url}{path}", json=CHAT)
-    assert metric(gw, "authz_decisions_total") == checks
+    assert gw.metric("authz", "authz_decisions_total") == checks
     wrong = {"Authorization": f"Bearer {WELL_FORMED_WRONG_KEY}"}
     by_authz = httpx.post(f"{gw.url}{path}", json=CHAT, headers=wrong)
-    assert metric(gw, "authz_decisions_total") == checks + 1
+    assert gw.metric("authz", "authz_decisions_total") == checks + 1
     assert by_envoy.status_code == by_authz.status_code == 401
     assert by_envoy.content == by_authz.content
     for name in ("content-type", "www-authenticate", "content-length", "server"):

@@ -62,27 +62,6 @@ def redis_client(gw: Gateway) -> redis.Redis:
     return redis.Redis.from_url(gw.stack.redis_url, decode_responses=True)
 
 
-def metric(gw: Gateway, name: str, **labels: str) -> float:
-    text = httpx.get(gw.stack.metrics_url("ratelimit"), timeout=5).text
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        found = dict(
-            part.split("=", 1) for part in line[len(name) + 1 : line.index("}")].split(",") if part
-        )
-        if all(found.get(k) == f'"{v}"' for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def authz_throttled(gw: Gateway, tenant: str) -> float:
-    """Requests authz refused itself because the RLS announced it refuses them."""
-    text = httpx.get(gw.stack.metrics_url("authz"), timeout=5).text
-    line = f'authz_throttled_total{{tenant="{tenant}"}} '
-    return sum(float(x[len(line) :]) for x in text.splitlines() if x.startswith(line))
-
-
 def test_requests_per_minute_per_key_then_429_with_retry_after(gw: Gateway) -> None:
     key, _, _ = limited_key(gw, requests_per_minute=3)
     answers = [chat(gw, key) for _ in range(4)]
@@ -104,18 +83,19 @@ def test_two_keys_of_one_tenant_share_the_tenant_window(gw: Gateway) -> None:
     tenant_id, tenant = gw.tenant(allow_all=True, requests_per_minute=4)
     key_a, key_b = (gw.key(tenant_id, requests_per_minute=100) for _ in range(2))
     a, b = key_a.full_key, key_b.full_key
-    before = metric(gw, "ratelimit_decisions_total", outcome="over_limit", tenant=tenant)
-    throttled_before = authz_throttled(gw, tenant)
+    refused = {"outcome": "over_limit", "tenant": tenant}
+    before = gw.metric("ratelimit", "ratelimit_decisions_total", **refused)
+    throttled_before = gw.metric("authz", "authz_throttled_total", tenant=tenant)
     statuses = [chat(gw, k).status_code for k in (a, b, a, b)]
     assert statuses == [200, 200, 200, 200]
     assert chat(gw, a).status_code == 429
     assert chat(gw, b).status_code == 429
     # A key of another tenant is not affected.
     assert chat(gw, limited_key(gw, requests_per_minute=4)[0]).status_code == 200
-    after = metric(gw, "ratelimit_decisions_total", outcome="over_limit", tenant=tenant)
+    after = gw.metric("ratelimit", "ratelimit_decisions_total", **refused)
     # The RLS refused the first; the second is the RLS's or, once its announcement has
     # arrived, authz's on its behalf (tests/e2e/test_authz_throttled.py).
-    by_authz = authz_throttled(gw, tenant) - throttled_before
+    by_authz = gw.metric("authz", "authz_throttled_total", tenant=tenant) - throttled_before
     assert after - before + by_authz == 2
     assert after - before >= 1
     text = httpx.get(gw.stack.metrics_url("ratelimit"), timeout=5).text
@@ -388,7 +368,7 @@ def _should_rate_limit(gw: Gateway) -> rls_pb2.RateLimitResponse:
 def test_redis_stopped_fails_closed(gw: Gateway) -> None:
     key, _, _ = limited_key(gw, requests_per_minute=100)
     assert chat(gw, key).status_code == 200
-    errors = metric(gw, "ratelimit_decisions_total", outcome="error")
+    errors = gw.metric("ratelimit", "ratelimit_decisions_total", outcome="error")
     redis_proc = gw.managed("redis")
     redis_proc.stop()
     try:
@@ -396,7 +376,7 @@ def test_redis_stopped_fails_closed(gw: Gateway) -> None:
         with pytest.raises(grpc.RpcError) as err:
             _should_rate_limit(gw)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert metric(gw, "ratelimit_decisions_total", outcome="error") > errors
+        assert gw.metric("ratelimit", "ratelimit_decisions_total", outcome="error") > errors
     finally:
         redis_proc.start()
     deadline = time.monotonic() + 10

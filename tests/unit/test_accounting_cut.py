@@ -11,6 +11,7 @@ import yaml
 
 from accounting import rlsdebit
 from accounting.stream import RequestInfo, StreamAccount
+from gateway.settings import reach
 
 ENVOY_YAML = Path(__file__).resolve().parents[2] / "envoy" / "envoy.yaml"
 RL = {
@@ -49,7 +50,7 @@ def test_cut_stream_is_charged_the_prompt_estimate_and_one_token_per_frame() -> 
     outcome = acc.outcome(cut=True)
     counts = outcome.counts
     assert (counts.tokens_in, counts.tokens_out, counts.estimated) == (50, 3, True)
-    assert outcome.cut and not outcome.envoy_debits
+    assert outcome.cut
 
 
 def test_a_larger_count_from_the_backend_wins_over_the_estimate() -> None:
@@ -71,26 +72,15 @@ def test_without_a_prompt_estimate_the_reservation_beyond_the_cap_is_the_floor()
     assert info.prompt_estimate == 50  # reserved 150 - max_tokens 100
 
 
-def test_a_finished_stream_told_envoy_its_counts() -> None:
-    acc = account()
-    acc.response_start(200, b"{")
-    final = {"done": True, "prompt_eval_count": 4, "eval_count": 2}
-    acc.response_chunk(ndjson(final), end=True)
-    acc.metadata()
-    outcome = acc.outcome(cut=False)
-    assert outcome.envoy_debits and not outcome.counts.estimated
-    assert (outcome.counts.tokens_in, outcome.counts.tokens_out) == (4, 2)
-
-
-def _stream_done_descriptor_keys() -> list[list[str]]:
-    """The descriptors Envoy sends at stream end (envoy.yaml, apply_on_stream_done): for each,
-    the entry keys in order, the generic_key's value in place of its key."""
+def _tokens_checked_descriptor_keys() -> list[list[str]]:
+    """The tokens/min descriptors Envoy checks at request time (envoy.yaml, hits_addend 0):
+    for each, the entry keys in order, the generic_key's value in place of its key."""
     config = yaml.safe_load(ENVOY_YAML.read_text(encoding="utf-8"))
     found: list[list[str]] = []
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
-            if node.get("apply_on_stream_done") is True and "actions" in node:
+            if node.get("hits_addend") == {"number": 0} and "actions" in node:
                 keys = []
                 for action in node["actions"]:
                     if "generic_key" in action:
@@ -108,7 +98,7 @@ def _stream_done_descriptor_keys() -> list[list[str]]:
     return found
 
 
-def test_accounting_debits_the_descriptors_envoy_debits_at_stream_end() -> None:
+def test_accounting_debits_the_windows_envoy_checks() -> None:
     info = RequestInfo.from_metadata("rid", META)
     built = rlsdebit.descriptors(info, 123)
     ours = []
@@ -117,7 +107,8 @@ def test_accounting_debits_the_descriptors_envoy_debits_at_stream_end() -> None:
         ours.append(
             [f"limit={e.value}" if e.key == "limit" else e.key for e in d.entries],
         )
-    assert sorted(ours) == sorted(_stream_done_descriptor_keys())
+    assert sorted(ours) == sorted(_tokens_checked_descriptor_keys())
+    assert len(ours) == 2
     limits = {d.entries[0].value: d.limit.requests_per_unit for d in built}
     assert limits == {"key_tpm": 3000, "tenant_tpm": 9000}
 
@@ -128,7 +119,7 @@ def test_nothing_to_debit_without_tokens_or_limits() -> None:
     assert rlsdebit.descriptors(no_limits, 10) == []
 
 
-def test_rls_target_defaults_to_its_listen_address_on_loopback() -> None:
-    assert rlsdebit.target("", "0.0.0.0:9002") == "127.0.0.1:9002"
-    assert rlsdebit.target("", "127.0.0.1:7000") == "127.0.0.1:7000"
-    assert rlsdebit.target("rls:9002", "0.0.0.0:9002") == "rls:9002"
+def test_a_sidecar_is_reached_at_its_listen_address_on_loopback() -> None:
+    assert reach("", "0.0.0.0:9002") == "127.0.0.1:9002"
+    assert reach("", "127.0.0.1:7000") == "127.0.0.1:7000"
+    assert reach("rls:9002", "0.0.0.0:9002") == "rls:9002"

@@ -13,10 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from accounting import rewrite
 from authz import payload
 from authz.request import AuthzRequest
-from gateway import gojson
+from gateway import gojson, rewrite
 from tests.ollama_decoder import CAP_FIELD, OllamaDecoder
 
 # The fields each endpoint's Go struct has, of those the gateway polices.

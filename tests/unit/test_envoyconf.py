@@ -18,7 +18,6 @@ from gateway import apikeys
 
 ROOT = Path(__file__).resolve().parents[2]
 
-EXT_PROC = "envoy.filters.http.ext_proc"
 RATELIMIT = "envoy.filters.http.ratelimit"
 
 
@@ -56,7 +55,11 @@ def test_render_repoints_listener_admin_and_clusters(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("drop", "access_log"),
-    [([EXT_PROC], False), ([RATELIMIT], True), ([EXT_PROC, RATELIMIT], False)],
+    [
+        (list(envoyconf.ACCOUNTING_FILTERS), False),
+        ([RATELIMIT], True),
+        ([*envoyconf.ACCOUNTING_FILTERS, RATELIMIT], False),
+    ],
 )
 def test_without_filters_removes_them_and_their_route_settings(
     drop: list[str], access_log: bool, tmp_path: Path
@@ -201,7 +204,7 @@ def test_envoys_401s_are_authz_bytes_and_read_no_body() -> None:
         }
         assert disabled == {
             "envoy.filters.http.ext_authz",
-            EXT_PROC,
+            *envoyconf.ACCOUNTING_FILTERS,
             "envoy.filters.http.buffer",
         }
         # Only before authz admitted the request (it then removes the key and re-routes).

@@ -1,5 +1,9 @@
 """Request-body rewriting on inference routes, before the body reaches the backend.
 
+authz decides which requests need one (:func:`apply` on the body it parsed: it marks them
+``rewrite`` in its metadata, and only those take Envoy's mutating ext_proc round trip);
+accounting does it (:func:`rewrite` on the buffered body). One set of rules for both.
+
 * An OpenAI stream without ``stream_options.include_usage`` gets it (the backend then sends
   the counts); the caller must drop the extra usage chunk from the client's stream.
 * ``keep_alive`` is clamped into the tenant's ``[min, max]`` seconds: ``keep_alive: 0`` would
@@ -141,6 +145,20 @@ def _ask_for_usage(body: dict[str, Any], limits: Limits) -> bool:
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class Changes:
+    changed: bool  # the body differs from what the client sent
+    strip_usage: bool  # include_usage was added: the client's stream loses the usage chunk
+
+
+def apply(body: dict[str, Any], limits: Limits) -> Changes:
+    """Rewrite a parsed body in place; what changed."""
+    strip_usage = _ask_for_usage(body, limits)
+    capped = _apply_cap(body, limits.endpoint, limits.max_tokens)
+    clamped = _clamp_keep_alive(body, limits.keep_alive_min_s, limits.keep_alive_max_s)
+    return Changes(strip_usage or capped or clamped, strip_usage)
+
+
 def rewrite(raw: bytes, limits: Limits) -> Rewrite:
     """The body to send upstream. A body that is not a JSON object passes unchanged (authz
     already refused what it could not read)."""
@@ -150,9 +168,7 @@ def rewrite(raw: bytes, limits: Limits) -> Rewrite:
         return Rewrite(None, False)
     if not isinstance(body, dict):
         return Rewrite(None, False)
-    strip_usage = _ask_for_usage(body, limits)
-    capped = _apply_cap(body, limits.endpoint, limits.max_tokens)
-    clamped = _clamp_keep_alive(body, limits.keep_alive_min_s, limits.keep_alive_max_s)
-    if not (strip_usage or capped or clamped):
+    changes = apply(body, limits)
+    if not changes.changed:
         return Rewrite(None, False)
-    return Rewrite(json.dumps(body, ensure_ascii=False).encode("utf-8"), strip_usage)
+    return Rewrite(json.dumps(body, ensure_ascii=False).encode("utf-8"), changes.strip_usage)

@@ -1,0 +1,87 @@
+"""One service, N worker processes on one port: all of the machine's cores for Python.
+
+``neuronetz-gateway authz`` with ``NZ_WORKERS=N`` (N > 1) starts N copies of itself, each a
+complete service (``NZ_WORKER_INDEX`` = 0…N-1) binding the same gRPC ports with
+``SO_REUSEPORT``: the kernel spreads Envoy's connections over them. What a worker caches is
+kept correct the way it already is for several replicas (revocations over LISTEN/NOTIFY, the
+RLS's refusals over pub/sub, every counter in Redis). This parent process only supervises:
+
+* it serves the workers' metrics as one Prometheus endpoint (``prometheus_client``'s
+  multiprocess mode: counters summed over the workers);
+* SIGTERM/SIGINT go to every worker, which drain as one process would;
+* when a worker exits, the others are stopped and the parent exits with its status — the
+  container's restart policy brings the whole set back, never a silently smaller one.
+
+``NZ_WORKERS`` defaults to the CPUs this process may use (a cgroup's CPU limit when there is
+one, else the CPUs it is allowed to run on).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+from gateway import logs
+
+_CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+_MAX_DEFAULT = 8
+
+
+def machine_cpus() -> int:
+    """The CPUs this process may use: its cgroup's CPU limit (rounded up), else the CPUs it
+    may run on; at most :data:`_MAX_DEFAULT`."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = _CGROUP_CPU_MAX.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, min(cpus, _MAX_DEFAULT))
+
+
+def supervise(service: str, workers: int, metrics_port: int) -> int:
+    """Run ``workers`` copies of ``service`` until a signal or the first to exit."""
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    log = logs.get(service)
+    with tempfile.TemporaryDirectory(prefix=f"nz-{service}-metrics-") as metrics_dir:
+        env = {**os.environ, "NZ_METRICS_PORT": "0", "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+        argv = [sys.executable, "-m", "gateway.cli", service]
+        procs = [
+            subprocess.Popen(argv, env={**env, "NZ_WORKER_INDEX": str(i)}) for i in range(workers)
+        ]
+        if metrics_port:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=metrics_dir)  # type: ignore[no-untyped-call]
+            start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
+        stopping = False
+
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            nonlocal stopping
+            stopping = True
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signum)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        log.info("workers started", workers=workers)
+        failed = 0  # the status of a worker that exited on its own
+        while any(proc.poll() is None for proc in procs):
+            ended = [proc for proc in procs if proc.poll() is not None]
+            if ended and not stopping:
+                failed = ended[0].returncode or 1
+                log.error("a worker exited: stopping the others", status=ended[0].returncode)
+                stop(signal.SIGTERM, None)
+            time.sleep(0.1)
+        for proc in procs:
+            multiprocess.mark_process_dead(proc.pid, metrics_dir)  # type: ignore[no-untyped-call]
+        return failed or max(proc.returncode or 0 for proc in procs)
