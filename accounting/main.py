@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import grpc
 from redis.exceptions import RedisError
 
 from accounting import audit, ledger, promptlog, server, spool
@@ -144,6 +145,7 @@ async def run(cfg: Settings) -> None:
         for name, job in (
             ("settler", settler.run()),
             ("leases", settler.renew_leases()),
+            ("tpm_debits", debits.run()),
             ("inflight", settler.snapshots()),
             ("recover", settler.recover()),
             ("ledger", ledger_rows.run()),
@@ -185,6 +187,8 @@ async def run(cfg: Settings) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         if deny.on:
             await redis.delete(DENY_MODE_KEY)
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await debits.flush()
         await debits.close()
         await redis.aclose()
         await pool.close()

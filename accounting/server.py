@@ -20,7 +20,6 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
-from google.protobuf import json_format
 from prometheus_client import Counter
 
 from accounting.audit import AUTHZ_NAMESPACE, CUT_GRACE_S, AccessEntry
@@ -105,13 +104,35 @@ def _status(req: Any) -> int:
     return int(value.number_value) if value is not None else 0
 
 
+def _value(value: Any) -> Any:
+    """A protobuf ``Value`` as Python (as json_format reads it, at half its cost)."""
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number: float = value.number_value
+        return int(number) if number.is_integer() else number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return struct_dict(value.struct_value)
+    if kind == "list_value":
+        return [_value(item) for item in value.list_value.values]
+    return None
+
+
+def struct_dict(struct: Any) -> dict[str, Any]:
+    """A protobuf ``Struct`` (dynamic metadata) as a dict."""
+    return {name: _value(value) for name, value in struct.fields.items()}
+
+
 def _request_info(req: Any) -> RequestInfo:
     """What authz decided about the request, from its metadata (forwarded by Envoy with every
     message); authz's ``request_id`` is Envoy's x-request-id."""
     filter_metadata = req.metadata_context.filter_metadata
     values: dict[str, Any] = {}
     if AUTHZ_NAMESPACE in filter_metadata:
-        values = json_format.MessageToDict(filter_metadata[AUTHZ_NAMESPACE])
+        values = struct_dict(filter_metadata[AUTHZ_NAMESPACE])
     request_id = values.get("request_id")
     return RequestInfo.from_metadata(request_id if isinstance(request_id, str) else "", values)
 
@@ -284,8 +305,7 @@ def to_entry(entry: Any) -> AccessEntry:
     request = entry.request
     response = entry.response
     metadata = {
-        name: json_format.MessageToDict(struct)
-        for name, struct in common.metadata.filter_metadata.items()
+        name: struct_dict(struct) for name, struct in common.metadata.filter_metadata.items()
     }
     if common.HasField("duration"):
         duration_ms: float | None = _ms(common.duration)

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-import grpc
 import redis.asyncio as aioredis
 from prometheus_client import Counter
 from redis.exceptions import RedisError
@@ -35,7 +34,6 @@ from gateway.leases import Leases
 TOKENS = Counter("accounting_tokens_total", "tokens accounted", ["tenant", "direction"])
 REQUESTS = Counter("accounting_streams_total", "accounted streams", ["tenant", "result"])
 SETTLE_ERRORS = Counter("accounting_settle_errors_total", "failed Redis settlements")
-DEBIT_ERRORS = Counter("accounting_tpm_debit_errors_total", "failed tokens/min debits at the RLS")
 RENEWALS = Counter("accounting_lease_renewals_total", "lease renewals of live streams")
 
 _log = logs.get("accounting")
@@ -223,10 +221,7 @@ class Settler:
             )
         if self._debits is not None:
             # The RLS owns the tokens/min windows: the stream's tokens are debited there.
-            debits = self._debits
-            await self._retry(
-                lambda: debits.debit(info, counts.total), "a tokens/min debit", DEBIT_ERRORS
-            )
+            self._debits.add(info, counts.total)
         if written is not None and self._ledger.healthy:
             # (While Postgres is down, waiting would only hold reservations longer.)
             with contextlib.suppress(TimeoutError):
@@ -237,12 +232,7 @@ class Settler:
             lambda: budgets.settle(self._redis, info.tenant_id, info.request_id, counts.total)
         )
 
-    async def _retry(
-        self,
-        op: Callable[[], object],
-        what: str = "a Redis settlement",
-        errors: Counter = SETTLE_ERRORS,
-    ) -> None:
+    async def _retry(self, op: Callable[[], object]) -> None:
         delay = 0.05
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _RETRY_FOR_S
@@ -252,10 +242,10 @@ class Settler:
                 if asyncio.iscoroutine(result):
                     await result
                 return
-            except (RedisError, OSError, TimeoutError, grpc.aio.AioRpcError) as exc:
-                errors.inc()
+            except (RedisError, OSError, TimeoutError) as exc:
+                SETTLE_ERRORS.inc()
                 if loop.time() >= deadline:
-                    _log.error(f"giving up on {what}", error=type(exc).__name__)
+                    _log.error("giving up on a Redis settlement", error=type(exc).__name__)
                     return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

@@ -123,3 +123,18 @@ def test_a_sidecar_is_reached_at_its_listen_address_on_loopback() -> None:
     assert reach("", "0.0.0.0:9002") == "127.0.0.1:9002"
     assert reach("", "127.0.0.1:7000") == "127.0.0.1:7000"
     assert reach("rls:9002", "0.0.0.0:9002") == "rls:9002"
+
+
+def test_debits_of_one_window_are_summed_until_they_are_sent() -> None:
+    debits = rlsdebit.TokenDebits("127.0.0.1:1")
+    debits.add(RequestInfo.from_metadata("r1", META), 10)
+    debits.add(RequestInfo.from_metadata("r2", META), 5)
+    other_key = RequestInfo.from_metadata("r3", {**META, "key_id": "k2"})
+    debits.add(other_key, 1)
+    debits.add(RequestInfo.from_metadata("r4", {**META, "rl": {}}), 7)  # no tokens/min limit
+    tenant = f"tenant_id={META['tenant_id']}"
+    assert debits.pending == {
+        f"limit=key_tpm|{tenant}|key_id={META['key_id']}": 15,
+        f"limit=key_tpm|{tenant}|key_id=k2": 1,
+        f"limit=tenant_tpm|{tenant}": 16,
+    }

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 
 from accounting import server, spool
 from accounting.audit import AuditRows, row_from_entry
@@ -203,3 +203,10 @@ def test_spool_round_trip(tmp_path: Path) -> None:
     spool.save(tmp_path, "budget_ledger", rows[2:])  # appends to an earlier spool
     assert spool.load(tmp_path, "budget_ledger", LedgerRow) == rows
     assert spool.load(tmp_path, "budget_ledger", LedgerRow) == []  # taken once
+
+
+def test_metadata_reads_as_json_format_reads_it() -> None:
+    struct = struct_pb2.Struct()
+    values = {"s": "x", "i": 3, "f": 2.5, "b": True, "n": None, "l": [1, "a"], "d": {"k": 1}}
+    struct.update(values)
+    assert server.struct_dict(struct) == json_format.MessageToDict(struct) == values
