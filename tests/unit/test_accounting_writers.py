@@ -207,6 +207,7 @@ def test_spool_round_trip(tmp_path: Path) -> None:
 
 def test_metadata_reads_as_json_format_reads_it() -> None:
     struct = struct_pb2.Struct()
-    values = {"s": "x", "i": 3, "f": 2.5, "b": True, "n": None, "l": [1, "a"], "d": {"k": 1}}
+    values: dict[str, Any] = {"s": "x", "i": 3, "f": 2.5, "b": True, "n": None}
+    values |= {"l": [1, "a"], "d": {"k": 1}}
     struct.update(values)
     assert server.struct_dict(struct) == json_format.MessageToDict(struct) == values

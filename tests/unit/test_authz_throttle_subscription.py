@@ -6,57 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from authz import throttle
-from authz.principal import Limits, Principal
 from authz.throttle import Subscriber, Throttles
-from devstack.processes import Proc, free_port, redis_server_bin
 from ratelimit.announce import CHANNEL
+from tests.unit.test_authz_throttle import principal
 
 PING_S = 0.1  # the subscription's liveness period in this test (1 s in the service)
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    port = free_port()
-    work = Path(tempfile.mkdtemp(prefix="nz-sub-unit-"))
-    argv = [redis_server_bin(), *("--port", str(port), "--bind", "127.0.0.1")]
-    proc = Proc("redis", [*argv, "--save", "", "--appendonly", "no"], work, port=port)
-    proc.start()
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.stop()
-
-
-def _principal() -> Principal:
-    limits = Limits(1, None, None, None, None, None)
-    return Principal(
-        key_id="k1",
-        prefix="abcdefghijkl",
-        key_hash="",
-        active=True,
-        expires_at=None,
-        scopes=frozenset({"chat"}),
-        tenant_id="t1",
-        tenant="acme",
-        allow_all=True,
-        allowed_models=frozenset(),
-        allow_cloud=False,
-        prompt_log=False,
-        key_limits=limits,
-        tenant_limits=Limits(None, None, None, None, None, None),
-        default_max_tokens=1024,
-        keep_alive_min_s=60,
-        keep_alive_max_s=1800,
-    )
 
 
 def _announcement() -> str:
@@ -103,7 +63,9 @@ async def test_a_quiet_subscription_stays_up_and_keeps_what_it_heard(
             drops += not subscriber.connected.is_set()
             await asyncio.sleep(PING_S / 4)
         assert drops == 0
-        assert heard.refusal(_principal(), "ollama", {}) is not None  # still refused by authz
+        assert (
+            heard.refusal(principal(key_rpm=1, tenant_rpm=None), "ollama", {}) is not None
+        )  # still refused by authz
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -5,15 +5,12 @@ RLSE, "Too many connections"); Redis really down still fails at once."""
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from devstack.processes import Proc, free_port, redis_server_bin
+from devstack.processes import free_port
 from gateway.storage import MAX_CONNECTIONS, redis_client
 from ratelimit import config
 from ratelimit.decide import Decider
@@ -24,26 +21,13 @@ BURST = 3 * MAX_CONNECTIONS
 STATIC = config.parse("domains: [{domain: gateway}]")
 
 
-@pytest.fixture(scope="module")
-def redis_port() -> Iterator[int]:
-    port = free_port()
-    work = Path(tempfile.mkdtemp(prefix="nz-pool-unit-"))
-    argv = [redis_server_bin(), *("--port", str(port), "--bind", "127.0.0.1")]
-    proc = Proc("redis", [*argv, "--save", "", "--appendonly", "no"], work, port=port)
-    proc.start()
-    try:
-        yield port
-    finally:
-        proc.stop()
-
-
 def _request(n: int) -> RateLimitRequest:
     entries = (("limit", "key_rpm"), ("tenant_id", "t-burst"), ("key_id", f"k{n}"))
     return RateLimitRequest("gateway", (Descriptor(entries, Limit(10, Unit.MINUTE)),))
 
 
-async def test_a_burst_larger_than_the_pool_is_decided_not_refused(redis_port: int) -> None:
-    client = redis_client(f"redis://127.0.0.1:{redis_port}/0", 0.5)
+async def test_a_burst_larger_than_the_pool_is_decided_not_refused(redis_url: str) -> None:
+    client = redis_client(redis_url, 0.5)
     decider = Decider(STATIC, Windows(client, deadline_s=1.0))
     try:
         decisions = await asyncio.gather(
@@ -63,8 +47,8 @@ async def test_a_burst_larger_than_the_pool_is_decided_not_refused(redis_port: i
         await client.aclose()
 
 
-async def test_a_burst_of_plain_commands_is_answered(redis_port: int) -> None:
-    client = redis_client(f"redis://127.0.0.1:{redis_port}/0", 0.5)
+async def test_a_burst_of_plain_commands_is_answered(redis_url: str) -> None:
+    client = redis_client(redis_url, 0.5)
     try:
         answers = await asyncio.gather(
             *(client.incr("nz:burst") for _ in range(BURST)), return_exceptions=True
