@@ -6,7 +6,7 @@ into a row. Token counts come from the outcome of the request's observed stream,
 in this process (the row waits up to ``OUTCOME_WAIT_S`` for it).
 
 A row stores nothing unbounded a client chose. The endpoint is the allowlisted path
-(authz/endpoints.py); any other path is stored only for a request with a tenant, clipped to
+(gateway/endpoints.py); any other path is stored only for a request with a tenant, clipped to
 ``MAX_PATH_CHARS`` — a clipped value ends in ``…`` — and a request without a tenant stores
 ``other`` (those are audited in aggregate: accounting/denials.py). Model, error text and
 client address are clipped too (``MAX_TEXT_CHARS``).
@@ -25,7 +25,7 @@ import asyncpg
 
 from accounting import pgwrite
 from accounting.outcomes import RecentOutcomes
-from authz import endpoints
+from gateway import endpoints
 
 AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
 # A stream Envoy logged as ended short is read this much longer before it is accounted as

@@ -14,9 +14,9 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 from prometheus_client import Gauge
-from redis.exceptions import RedisError
 
 from gateway import logs
+from gateway.storeerrors import REDIS_ERRORS
 
 DENY_MODE_KEY = "nz:deny_mode"
 DENY_MODE = Gauge(
@@ -57,7 +57,7 @@ class DenyMode:
                 await self._redis.set(DENY_MODE_KEY, "audit buffer full", ex=self._ttl)
             elif self.on:
                 await self._redis.delete(DENY_MODE_KEY)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             _log.warning("deny mode flag not updated", error=type(exc).__name__)
             return
         if wanted != self.on:

@@ -12,7 +12,6 @@ from typing import Any
 
 import asyncpg
 import grpc
-from redis.exceptions import RedisError
 
 from accounting import audit, ledger, promptlog, server, spool
 from accounting.audit import AccessEntry, AuditRow, AuditRows
@@ -30,6 +29,7 @@ from gateway import auditparts, grpcserver, logs, metrics
 from gateway.leases import Leases
 from gateway.settings import Settings, reach
 from gateway.storage import pg_pool, redis_client
+from gateway.storeerrors import POSTGRES_ERRORS, REDIS_ERRORS
 
 _DRAIN_S = 10.0
 
@@ -53,7 +53,7 @@ async def audit_maintenance(pool: asyncpg.Pool, cfg: Settings) -> None:
                     moved_rows=done.moved_rows,
                     purged_rows=done.purged_rows,
                 )
-        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        except POSTGRES_ERRORS as exc:
             log.warning("audit partition maintenance failed", error=type(exc).__name__)
         await asyncio.sleep(cfg.audit_maintenance_interval_s)
 
@@ -171,7 +171,7 @@ async def run(cfg: Settings) -> None:
         await settler.wait_idle(_DRAIN_S)
         # What ended during the drain leaves the in-flight snapshot: the next accounting of
         # this instance must not settle it again.
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
+        with contextlib.suppress(*REDIS_ERRORS):
             await settler.snapshot()
         denials.flush(audit_rows.add)
         for batcher_, _ in buffers:

@@ -20,6 +20,7 @@ from accounting import pgwrite
 from accounting.audit import uuid_or_none
 from accounting.stream import Outcome
 from gateway import logs
+from gateway.storeerrors import POSTGRES_ERRORS
 
 SWEPT = Counter("accounting_prompt_log_swept_total", "expired prompt-log rows deleted")
 _log = logs.get("accounting")
@@ -102,6 +103,6 @@ async def sweeper(pool: asyncpg.Pool, interval_s: float) -> None:
             deleted = await sweep_once(pool)
             if deleted:
                 _log.info("prompt log swept", deleted=deleted)
-        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        except POSTGRES_ERRORS as exc:
             _log.warning("prompt log sweep failed", error=type(exc).__name__)
         await asyncio.sleep(interval_s)

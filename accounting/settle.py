@@ -17,7 +17,6 @@ from collections.abc import Callable
 
 import redis.asyncio as aioredis
 from prometheus_client import Counter
-from redis.exceptions import RedisError
 
 from accounting import inflight
 from accounting.batches import Batcher
@@ -30,6 +29,7 @@ from accounting.rlsdebit import TokenDebits
 from accounting.stream import Outcome, RequestInfo
 from gateway import budgets, leases, logs, slots
 from gateway.leases import Leases
+from gateway.storeerrors import REDIS_ERRORS
 
 TOKENS = Counter("accounting_tokens_total", "tokens accounted", ["tenant", "direction"])
 REQUESTS = Counter("accounting_streams_total", "accounted streams", ["tenant", "result"])
@@ -98,7 +98,7 @@ class Settler:
             try:
                 orphans = await self._inflight.orphans()
                 break
-            except (RedisError, OSError, TimeoutError) as exc:
+            except REDIS_ERRORS as exc:
                 _log.warning("in-flight snapshot unreadable", error=type(exc).__name__)
                 await asyncio.sleep(1.0)
         for outcome in orphans:
@@ -120,7 +120,7 @@ class Settler:
             await asyncio.sleep(inflight.SNAPSHOT_S)
             try:
                 await self._inflight.snapshot()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except REDIS_ERRORS as exc:
                 SETTLE_ERRORS.inc()
                 _log.warning("in-flight snapshot failed", error=type(exc).__name__)
 
@@ -140,7 +140,7 @@ class Settler:
                     [(i.tenant_id, i.key_id, i.request_id) for i in live],
                 )
                 RENEWALS.inc(len(live))
-            except (RedisError, OSError, TimeoutError) as exc:
+            except REDIS_ERRORS as exc:
                 # The next period tries again; two missed renewals still leave a third.
                 SETTLE_ERRORS.inc()
                 _log.warning("lease renewal failed", error=type(exc).__name__)
@@ -242,7 +242,7 @@ class Settler:
                 if asyncio.iscoroutine(result):
                     await result
                 return
-            except (RedisError, OSError, TimeoutError) as exc:
+            except REDIS_ERRORS as exc:
                 SETTLE_ERRORS.inc()
                 if loop.time() >= deadline:
                     _log.error("giving up on a Redis settlement", error=type(exc).__name__)

@@ -154,9 +154,9 @@ def _prompt_text(body: Any) -> str:
 
 
 class StreamAccount:
-    """Feed it the request body, the response's start (status and content type, or status and
-    first bytes), then each body chunk; it answers the bytes to send on (or None: unchanged)
-    and, at the end, the Outcome."""
+    """Feed it the request body, the response's start (its status and first body bytes), then
+    each body chunk; it answers the bytes to send on (or None: unchanged) and, at the end, the
+    Outcome."""
 
     def __init__(self, info: RequestInfo) -> None:
         self.info = info
@@ -203,19 +203,6 @@ class StreamAccount:
         """The response's status and framing are known."""
         return self._started
 
-    def response_headers(self, status: int, content_type: str) -> None:
-        """Start the response from its headers: the status and the framing its content type
-        names."""
-        ctype = content_type.split(";", 1)[0].strip().lower()
-        framing = ""
-        if ctype == "text/event-stream":
-            framing = "sse"
-        elif ctype in ("application/x-ndjson", "application/ndjson"):
-            framing = "ndjson"
-        elif ctype == "application/json" or ctype.endswith("+json"):
-            framing = "json"
-        self._start(status, framing)
-
     def response_start(self, status: int, first: bytes) -> None:
         """Start the response without its headers (Envoy sends accounting none): the status
         comes from Envoy's ``response.code`` attribute, the framing from the endpoint, the
@@ -228,9 +215,6 @@ class StreamAccount:
             framing = "json" if first.lstrip().startswith(b"{") else "sse"
         else:
             framing = "ndjson"
-        self._start(status, framing)
-
-    def _start(self, status: int, framing: str) -> None:
         self._started = True
         self.status = status
         self._framing = framing

@@ -17,16 +17,16 @@ from enum import Enum
 
 import asyncpg
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from authz.principal import Principal
 from gateway import budgets, periods, slots
 from gateway.budgets import Budget
 from gateway.leases import Leases
 from gateway.periods import Period
+from gateway.storeerrors import STORE_ERRORS, StoreUnavailable
 
 DENY_MODE_KEY = "nz:deny_mode"
-_STORE_ERRORS = (TimeoutError, OSError, RedisError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _BUDGET_FIELDS = (
     (Period.DAILY, "budget_daily"),
     (Period.MONTHLY, "budget_monthly"),
@@ -99,10 +99,6 @@ return {0, mini, minrem, amount}
 """
 
 
-class StoreUnavailable(Exception):
-    """Redis (or, for a rebuild, Postgres) could not be reached: the caller answers 503."""
-
-
 class Outcome(Enum):
     OK = "ok"
     DENY_MODE = "deny_mode"
@@ -170,7 +166,7 @@ class Admitter:
         """For answers that need no other Redis work (401, 403)."""
         try:
             return bool(await self._redis.exists(DENY_MODE_KEY))
-        except _STORE_ERRORS as exc:
+        except STORE_ERRORS as exc:
             raise StoreUnavailable from exc
 
     async def admit(
@@ -194,7 +190,7 @@ class Admitter:
             try:
                 for index in result:
                     await budgets.rebuild(self._redis, self._db, found[index - 1], now)
-            except _STORE_ERRORS as exc:
+            except STORE_ERRORS as exc:
                 raise StoreUnavailable from exc
         raise StoreUnavailable("budget counters could not be rebuilt")
 
@@ -239,7 +235,7 @@ class Admitter:
                         self._redis, principal.tenant_id, principal.key_id, request_id
                     )
                 return Admission(Outcome.DENY_MODE)
-        except _STORE_ERRORS as exc:
+        except STORE_ERRORS as exc:
             raise StoreUnavailable from exc
         if status == 3:
             return [int(i) for i in raw[1:]]

@@ -18,17 +18,17 @@ from urllib.parse import unquote
 
 from prometheus_client import Counter
 
-from authz import endpoints, fields, listings, models, payload, throttle
+from authz import fields, listings, models, payload, throttle
 from authz.accounting_health import AccountingHealth
 from authz.admission import Admission, Admitter, Outcome
-from authz.admission import StoreUnavailable as AdmissionUnavailable
 from authz.decision import Allow, Decision, deny, json_reply
 from authz.discovery import Discovery
-from authz.endpoints import Endpoint, Kind, Scope
-from authz.keys import AddressThrottled, KeyStore, StoreUnavailable
+from authz.keys import AddressThrottled, KeyStore
 from authz.principal import Principal
 from authz.request import AuthzRequest
-from gateway import apikeys, gojson, logs, rewrite
+from gateway import apikeys, endpoints, gojson, logs, rewrite
+from gateway.endpoints import Endpoint, Kind, Scope
+from gateway.storeerrors import StoreUnavailable
 
 _UNAUTHORIZED_HEADERS = {"www-authenticate": 'Bearer realm="neuronetz"'}
 _RATE_LIMITED = frozenset({Kind.INFERENCE, Kind.VERSION})  # the requests authz sends to the RLS
@@ -87,7 +87,7 @@ class Authorizer:
         tenant = ""
         try:
             decision, tenant = await self._check(req)
-        except (StoreUnavailable, AdmissionUnavailable) as exc:
+        except StoreUnavailable as exc:
             _log.warning("check could not be made", error=type(exc).__name__, path=req.path)
             decision = deny(503, req.surface)
         except _Denied as denied:

@@ -3,6 +3,8 @@
 Denials are deliberately uninformative: one body per status, whatever the reason, so a caller
 learns nothing about which check failed (a wrong key and a revoked key look the same; a
 blocked endpoint and an unknown model look the same).
+
+The text of every error body is :mod:`gateway.errorbodies`'s.
 """
 
 from __future__ import annotations
@@ -11,17 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-_MESSAGES = {
-    400: ("invalid request", "invalid_request_error", "invalid_request"),
-    401: ("invalid or missing API key", "invalid_request_error", "invalid_api_key"),
-    403: ("forbidden", "permission_denied", "forbidden"),
-    404: ("not found", "invalid_request_error", "not_found"),
-    413: ("request body too large", "invalid_request_error", "request_too_large"),
-    415: ("request body must be JSON", "invalid_request_error", "unsupported_media_type"),
-    429: ("too many requests", "rate_limit_exceeded", "rate_limit_exceeded"),
-    502: ("upstream error", "server_error", "bad_gateway"),
-    503: ("service unavailable", "server_error", "service_unavailable"),
-}
+from gateway.errorbodies import error_body
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +35,6 @@ class Reply:
 
 
 Decision = Allow | Reply
-
-
-def error_body(status: int, surface: str, message: str | None = None) -> bytes:
-    default, kind, code = _MESSAGES.get(status, ("error", "api_error", "error"))
-    text = message or default
-    if surface == "openai":
-        return json.dumps({"error": {"message": text, "type": kind, "code": code}}).encode()
-    return json.dumps({"error": text}).encode()
 
 
 def deny(

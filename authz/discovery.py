@@ -16,10 +16,13 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 from prometheus_client import Gauge
-from redis.exceptions import RedisError
 
 from authz.models import canonical
 from gateway import logs
+from gateway.storeerrors import REDIS_ERRORS
+
+# Another replica's list could not be read: Redis failed, or the list does not parse.
+_SHARED_LIST_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, ValueError)
 
 MODELS_DISCOVERED = Gauge(
     "authz_models_discovered", "distinct models on live backends", multiprocess_mode="max"
@@ -146,7 +149,7 @@ class Discovery:
                 json.dumps({"models": list(entries.values())}),
                 px=max(1, int(self.ttl_s * 1000)),
             )
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             _log.warning("model list not shared", error=str(exc))
 
     async def _adopt_shared(self, url: str) -> None:
@@ -159,7 +162,7 @@ class Discovery:
             if text is None or pttl is None or pttl <= 0:
                 return
             entries = _parse_tags(json.loads(text))
-        except (RedisError, OSError, TimeoutError, ValueError):
+        except _SHARED_LIST_ERRORS:
             return
         current = self._backends.get(url)
         until = time.monotonic() + pttl / 1000

@@ -45,10 +45,10 @@ import asyncpg
 import redis.asyncio as aioredis
 from argon2 import PasswordHasher
 from prometheus_client import Counter
-from redis.exceptions import RedisError
 
 from authz.principal import PRINCIPAL_SQL, Principal, from_row
 from gateway import apikeys, logs
+from gateway.storeerrors import STORE_ERRORS, StoreUnavailable
 
 ARGON2_VERIFIES = Counter(
     "authz_argon2_verifications_total", "argon2id verifications performed (cold key checks)"
@@ -87,12 +87,6 @@ local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return n
 """
-
-_STORE_ERRORS = (TimeoutError, OSError, RedisError, asyncpg.PostgresError, asyncpg.InterfaceError)
-
-
-class StoreUnavailable(Exception):
-    """The key could not be checked (Postgres or Redis unreachable): the caller answers 503."""
 
 
 class AddressThrottled(Exception):
@@ -229,7 +223,7 @@ class KeyStore:
                 pipe.get(address_key(address))
                 pipe.ttl(address_key(address))
                 (shared, revoked), remembered, failures, refused, refused_ttl = await pipe.execute()
-        except _STORE_ERRORS as exc:
+        except STORE_ERRORS as exc:
             raise StoreUnavailable from exc
         if revoked is not None:
             self._reject(ident)
@@ -251,7 +245,7 @@ class KeyStore:
                 raise AddressThrottled(max(1, LOCKED_VERIFY_INTERVAL_MS // 1000))
         try:
             row = await self._pool.fetchrow(PRINCIPAL_SQL, prefix)
-        except _STORE_ERRORS as exc:
+        except STORE_ERRORS as exc:
             raise StoreUnavailable from exc
         found = None if row is None else from_row(row)
         principal: Principal | None
@@ -278,7 +272,7 @@ class KeyStore:
                     max(1, round(self._verified_ttl)),
                 ],
             )
-        except _STORE_ERRORS as exc:
+        except STORE_ERRORS as exc:
             raise StoreUnavailable from exc
         self._remember(ident, principal, epoch, fingerprint)
         return principal
@@ -302,7 +296,7 @@ class KeyStore:
                     trickle_key(prefix, address), "1", nx=True, px=LOCKED_VERIFY_INTERVAL_MS
                 )
             )
-        except _STORE_ERRORS as exc:
+        except STORE_ERRORS as exc:
             raise StoreUnavailable from exc
 
     async def _count_failure(self, prefix: str, address: str) -> None:
@@ -365,7 +359,7 @@ class KeyStore:
                 else:
                     await self._redis.delete(cache_key(prefix), verified_key(prefix))
                 return
-            except _STORE_ERRORS as exc:
+            except STORE_ERRORS as exc:
                 if time.monotonic() > deadline:
                     _log.warning("revocation not written to the shared cache", error=str(exc))
                     return
@@ -390,7 +384,7 @@ class KeyStore:
                     batch.clear()
             if batch:
                 await self._redis.delete(*batch)
-        except _STORE_ERRORS as exc:
+        except STORE_ERRORS as exc:
             _log.warning("shared key cache not flushed", error=str(exc))
         self._drop_local()
         self._negative.clear()

@@ -1,18 +1,43 @@
-"""Model policy: Ollama's name comparison, the effective set, cloud models.
+"""Model policy: Ollama's name comparison, cloud models, and which models a caller may use.
 
-``effective = discovered if allow_all else (key.allowed ?? tenant.allowed) ∩ discovered``
-(``allow_all = key.allow_all ?? tenant.allow_all``; the NULL inheritance is resolved in
-``principal.py``). Models that run on Ollama's cloud (``:cloud`` / ``-cloud`` tags) leave the
-building and are removed unless the tenant opted in.
+This module is the one owner of the rule; Check (``authz.check``) and the admin API
+(``authz.admin.models``) both ask it. For a discovered (canonical) model ``m``::
+
+    allowed(m) = (allow_all or m ∈ canonical(allowed_models)) and (allow_cloud or not cloud(m))
+    effective  = {m ∈ discovered | allowed(m)}
+
+``allow_all`` and ``allowed_models`` are already resolved key → tenant (a NULL on the key
+inherits the tenant's); ``allow_cloud`` is the tenant's. Models that run on Ollama's cloud
+(``:cloud`` / ``-cloud`` tags) leave the building and are removed unless the tenant opted in.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
-
-from authz.principal import Principal
+from typing import Protocol
 
 _DEFAULT_PREFIXES = ("registry.ollama.ai/library/", "registry.ollama.ai/", "library/")
+
+
+class Grant(Protocol):
+    """What the rule reads of a caller; :class:`authz.principal.Principal` is one."""
+
+    @property
+    def allow_all(self) -> bool: ...
+    @property
+    def allowed_models(self) -> frozenset[str]: ...
+    @property
+    def allow_cloud(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ModelGrant:
+    """A :class:`Grant` from plain values (the admin API's view of a tenant or key)."""
+
+    allow_all: bool
+    allowed_models: frozenset[str]
+    allow_cloud: bool
 
 
 @lru_cache(maxsize=4096)
@@ -42,24 +67,19 @@ def canonical_set(names: frozenset[str]) -> frozenset[str]:
     return frozenset(c for c in (canonical(n) for n in names) if c)
 
 
-def effective(principal: Principal, discovered: frozenset[str]) -> frozenset[str]:
-    """The canonical names this principal may use, among the discovered ones."""
-    if principal.allow_all:
-        chosen = discovered
-    else:
-        chosen = canonical_set(principal.allowed_models) & discovered
-    if not principal.allow_cloud:
-        chosen = frozenset(m for m in chosen if not is_cloud(m))
-    return chosen
+def _allowed(grant: Grant, name: str) -> bool:
+    """The rule for one canonical, discovered name."""
+    if not grant.allow_all and name not in canonical_set(grant.allowed_models):
+        return False
+    return grant.allow_cloud or not is_cloud(name)
 
 
-def permits(principal: Principal, discovered: frozenset[str], model: str) -> str | None:
-    """The canonical name when ``model`` is in the principal's effective set, else None."""
+def effective(grant: Grant, discovered: frozenset[str]) -> frozenset[str]:
+    """The canonical names this caller may use, among the discovered (canonical) ones."""
+    return frozenset(m for m in discovered if _allowed(grant, m))
+
+
+def permits(grant: Grant, discovered: frozenset[str], model: str) -> str | None:
+    """The canonical name when ``model`` is in the caller's effective set, else None."""
     name = canonical(model)
-    if not name or name not in discovered:
-        return None
-    if not principal.allow_all and name not in canonical_set(principal.allowed_models):
-        return None
-    if not principal.allow_cloud and is_cloud(name):
-        return None
-    return name
+    return name if name in discovered and _allowed(grant, name) else None

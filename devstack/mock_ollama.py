@@ -36,6 +36,11 @@ object is read too, a field real Ollama ignores there):
   header ``x-mock-frame-delay-ms`` does the same where the body may carry no ``options`` (the
   gateway admits only the fields each endpoint documents); the body's knob wins.
 
+Models: a fresh mock has ``llama3.2:latest``, ``qwen2.5:0.5b``, ``nomic-embed-text:latest``
+(embeddings only) and ``gpt-oss:20b-cloud``, a cloud model (Ollama's ``-cloud`` tag): listed as
+Ollama lists one (``remote_model``, ``remote_host``, a 384-byte stub), so a tenant's cloud
+opt-in can be tested; the mock answers it locally like the others.
+
 Introspection: ``GET /_mock/requests`` lists the last 200 requests received (method, path,
 lower-case headers, parsed body, raw body), so tests can prove what reached the model server.
 
@@ -138,6 +143,10 @@ class ModelInfo:
     context_length: int = 4096
     format: str = "gguf"
     modified_at: str = _MODIFIED_AT
+    # A cloud model (``<name>:cloud`` / ``<name>:<tag>-cloud``) is a stub that forwards to Ollama's
+    # cloud: Ollama lists it with these two fields, and a size of a few hundred bytes.
+    remote_model: str = ""
+    remote_host: str = ""
 
     def details(self) -> JSONObj:
         return {
@@ -196,6 +205,19 @@ def default_models() -> dict[str, ModelInfo]:
             quantization_level="F16",
             capabilities=["embedding"],
             context_length=2048,
+        ),
+        ModelInfo(
+            name="gpt-oss:20b-cloud",
+            size=384,
+            digest="875c3d0ee3b2ba9a7d3e4e5e2b8b0c6e2a4ad8f1a36f3b54d5b6b6e9b7d5c2a1",
+            family="gptoss",
+            parameter_size="20.9B",
+            quantization_level="MXFP4",
+            capabilities=["completion", "tools", "thinking"],
+            context_length=131_072,
+            format="",
+            remote_model="gpt-oss:20b",
+            remote_host="https://ollama.com:443",
         ),
     ]
     return {m.name: m for m in models}
@@ -591,9 +613,11 @@ class _Handlers:
         return _json({"version": OLLAMA_VERSION})
 
     def _tag(self, m: ModelInfo) -> JSONObj:
+        remote = {"remote_model": m.remote_model, "remote_host": m.remote_host}
         return {
             "name": m.name,
             "model": m.name,
+            **(remote if m.remote_model else {}),
             "modified_at": m.modified_at,
             "size": m.size,
             "digest": m.digest,

@@ -27,7 +27,7 @@ from devstack.processes import (
     unprivileged_user,
 )
 from gateway import migrate
-from gateway.cli import SERVICE_MODULES
+from gateway.services import SERVICE_MODULES
 
 SERVICES = tuple(SERVICE_MODULES)
 

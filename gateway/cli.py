@@ -11,16 +11,8 @@ from collections.abc import Sequence
 import uvloop
 
 from gateway import workers
+from gateway.services import SERVICE_MODULES
 from gateway.settings import load_settings
-
-# Each service's entry module exposes ``async def run(settings)``. The local stack starts
-# every service listed here, in this order.
-# In start order: authz admits inference only while accounting answers (and stops first).
-SERVICE_MODULES = {
-    "accounting": "accounting.main",
-    "ratelimit": "ratelimit.main",
-    "authz": "authz.main",
-}
 
 
 def _run_service(name: str, workers_flag: int | None = None) -> int:
@@ -60,6 +52,7 @@ def _audit_retention(args: argparse.Namespace) -> int:
     import asyncpg
 
     from gateway import auditparts
+    from gateway.storeerrors import POSTGRES_ERRORS
 
     cfg = load_settings()
     days = args.retention_days if args.retention_days is not None else cfg.audit_retention_days
@@ -73,9 +66,10 @@ def _audit_retention(args: argparse.Namespace) -> int:
         finally:
             await conn.close()
 
+    failures: tuple[type[Exception], ...] = (ValueError, *POSTGRES_ERRORS)
     try:
         done = asyncio.run(run())
-    except (ValueError, OSError, asyncpg.PostgresError) as exc:
+    except failures as exc:
         print(f"audit retention: {exc}", file=sys.stderr)
         return 1
     for name in done.created:

@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from gateway import logs
+from gateway.storeerrors import REDIS_ERRORS
 from ratelimit import metrics
 from ratelimit.decide import TENANT_ID_ENTRY, Decision
 from ratelimit.descriptors import RateLimitRequest
@@ -164,7 +164,7 @@ class Announcer:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._redis.publish(CHANNEL, text)
-        except (TimeoutError, RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             metrics.ANNOUNCEMENTS.labels("failed").inc()
             _log.warning("throttle announcement not published", error=type(exc).__name__)
             return

@@ -109,7 +109,7 @@ class Decider:
         self._near = near_ratio
 
     async def decide(self, request: RateLimitRequest) -> Decision:
-        """Raises ``WindowsUnavailable`` when Redis cannot answer: the caller fails closed."""
+        """Raises ``StoreUnavailable`` when Redis cannot answer: the caller fails closed."""
         statuses: list[Status] = []
         hits: list[Hit] = []
         limited: list[tuple[int, Limit, Match]] = []  # per hit: descriptor index, limit, match

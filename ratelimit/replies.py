@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from authz.decision import error_body  # the one shape of error bodies per surface
+from gateway.errorbodies import error_body  # the one shape of error bodies per surface
 from ratelimit.status import Status
 
 OPENAI = "openai"

@@ -13,11 +13,11 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from envoy.type.v3 import ratelimit_unit_pb2
 
 from gateway import logs
+from gateway.storeerrors import StoreUnavailable
 from ratelimit import metrics
 from ratelimit.announce import Announcer
 from ratelimit.decide import Decider, Decision, tenant_of
 from ratelimit.descriptors import Descriptor, Limit, RateLimitRequest, Unit
-from ratelimit.windows import WindowsUnavailable
 
 SERVICE_NAME = "envoy.service.ratelimit.v3.RateLimitService"
 _log = logs.get("ratelimit")
@@ -104,7 +104,7 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         typed = to_request(request)
         try:
             decision = await self._decider.decide(typed)
-        except WindowsUnavailable as exc:
+        except StoreUnavailable as exc:
             metrics.DECISIONS.labels(typed.domain, "error", tenant_of(typed)).inc()
             self._failures += 1
             if started - self._warned_at >= 1.0:

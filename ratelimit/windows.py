@@ -19,7 +19,8 @@ from importlib.resources import files
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+
+from gateway.storeerrors import REDIS_ERRORS, StoreUnavailable
 
 _SCRIPT = (files("ratelimit") / "window.lua").read_text(encoding="utf-8")
 
@@ -49,10 +50,6 @@ class Outcome:
     before: float  # units in the window before this decision
     after: float  # units in the window after it
     now_ms: int
-
-
-class WindowsUnavailable(Exception):
-    """Redis could not answer in time: the caller answers an error (Envoy: 503)."""
 
 
 def hash_tag(key: str) -> str:
@@ -100,8 +97,8 @@ class Windows:
                     answers = await asyncio.gather(
                         *(self._run([hits[i] for i in idx]) for idx in batches)
                     )
-        except (TimeoutError, RedisError, OSError) as exc:
-            raise WindowsUnavailable(str(exc) or type(exc).__name__) from exc
+        except REDIS_ERRORS as exc:
+            raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
         outcomes: list[Outcome | None] = [None] * len(hits)
         rejected = False
         for idx, (group_rejected, group_outcomes) in zip(batches, answers, strict=True):

@@ -15,13 +15,13 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from authz.admin.records import KeyRecord, TenantRecord
 from authz.provisioning import Connection
 from gateway import periods
 from gateway.budgets import Budget
 from gateway.periods import Period
+from gateway.storeerrors import REDIS_ERRORS
 
 PERIODS = (Period.DAILY, Period.MONTHLY, Period.TOTAL)
 _USED_SQL = {
@@ -69,7 +69,7 @@ class Counters:
                 pipe.get(budget.used_key(self.now))
                 pipe.zrangebyscore(budget.reserved_key(self.now), time.time(), "+inf")
                 live, members = await pipe.execute()
-        except (RedisError, OSError, TimeoutError):
+        except REDIS_ERRORS:
             return int(ledger), 0  # a report, not a decision: the ledger will do
         reserved = sum(int(str(m).rsplit("|", 1)[-1] or 0) for m in members)
         return (int(live) if live is not None else int(ledger)), reserved

@@ -1,6 +1,7 @@
 """Model policy as the admin API reports it: discovered models per backend, and the effective
-set of a tenant or key. The rule itself (names, cloud models) is ``authz.models``'s; this module
-only resolves a tenant's or key's records to it, key → tenant."""
+set of a tenant or key. The rule itself (names, the list, cloud models) is ``authz.models``'s,
+the one Check applies; this module only resolves a tenant's or key's records to it, key →
+tenant."""
 
 from __future__ import annotations
 
@@ -40,9 +41,8 @@ def policy(
     if key is not None and key.allowed_models is not None:
         allowed, source = key.allowed_models, "key"
     everything = rules.canonical_set(frozenset().union(*available.values()))
-    chosen = everything if allow_all else rules.canonical_set(frozenset(allowed)) & everything
-    if not tenant.allow_cloud:
-        chosen = frozenset(m for m in chosen if not rules.is_cloud(m))
+    grant = rules.ModelGrant(allow_all, frozenset(allowed), tenant.allow_cloud)
+    chosen = rules.effective(grant, everything)
     return Policy(
         allow_all=allow_all,
         allowed=() if allow_all else allowed,

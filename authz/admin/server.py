@@ -14,13 +14,11 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import asyncpg
 import grpc
 from google.protobuf import timestamp_pb2
 from prometheus_client import Counter
 
-from accounting import usage
-from authz.admin import backends, budgets, models
+from authz.admin import backends, budgets, models, usage
 from authz.admin.auth import TokenCheck, Verdict
 from authz.admin.records import KeyRecord, TenantRecord
 from authz.admin.service import Admin, BudgetView, Target, UsageView
@@ -36,6 +34,7 @@ from authz.provisioning import (
 )
 from gateway import logs, periods
 from gateway.periods import Period
+from gateway.storeerrors import POSTGRES_DOWN
 from protos.neuronetz.admin.v1 import admin_pb2 as pb
 from protos.neuronetz.admin.v1 import admin_pb2_grpc as pb_grpc
 
@@ -69,14 +68,6 @@ _DIMENSIONS: dict[int, usage.Dimension] = {
     pb.USAGE_DIMENSION_KEY: usage.Dimension.KEY,
     pb.USAGE_DIMENSION_MODEL: usage.Dimension.MODEL,
 }
-_UNAVAILABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.OperatorInterventionError,  # shutting down, starting up, statement timeout
-    asyncpg.TooManyConnectionsError,
-)
 
 
 # -- protobuf → values ----------------------------------------------------------------------
@@ -352,7 +343,7 @@ def _rpc(
                 code, message = grpc.StatusCode.NOT_FOUND, str(exc)
             except AlreadyExists as exc:
                 code, message = grpc.StatusCode.ALREADY_EXISTS, str(exc)
-            except _UNAVAILABLE as exc:
+            except POSTGRES_DOWN as exc:
                 code, message = grpc.StatusCode.UNAVAILABLE, "the database is unavailable"
                 _log.warning("admin_unavailable", method=name, error=exc.__class__.__name__)
             except Exception:

@@ -17,9 +17,8 @@ import asyncpg
 import redis.asyncio as aioredis
 from argon2 import PasswordHasher
 
-from accounting import usage
 from authz import provisioning
-from authz.admin import audit, backends, budgets, models, pages, records
+from authz.admin import audit, backends, budgets, models, pages, records, usage
 from authz.admin.records import KeyRecord, TenantRecord
 from authz.provisioning import InvalidArgument
 from gateway.periods import Period

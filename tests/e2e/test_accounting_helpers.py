@@ -3,7 +3,6 @@ Postgres and Redis."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +12,7 @@ import redis
 from gateway import budgets
 from gateway.periods import Period
 from tests.gateway_client import Caller, Gateway
+from tests.polling import poll
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "say hello to me"}]}
 PROMPT_WORDS = 4  # the mock counts words: "say hello to me"
@@ -26,18 +26,18 @@ def caller(gw: Gateway, tenant: dict[str, Any] | None = None, **key: Any) -> Cal
 def wait_for(
     gw: Gateway, query: str, *args: Any, count: int = 1, timeout_s: float = 10.0
 ) -> list[asyncpg.Record]:
-    """Poll ``query`` until it returns at least ``count`` rows; the rows."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+    """Poll ``query`` until it returns at least ``count`` rows; the rows. Fails (AssertionError)
+    when fewer have arrived after ``timeout_s``."""
+
+    def enough() -> tuple[list[asyncpg.Record]] | None:
         try:
             rows = gw.sql(query, *args)
         except (OSError, asyncpg.PostgresError):  # Postgres still starting after a restart
-            if time.monotonic() > deadline:
-                raise
-            rows = []
-        if len(rows) >= count or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.1)
+            return None
+        return (rows,) if len(rows) >= count else None
+
+    (rows,) = poll(enough, timeout_s, 0.1, what=f"{count} row(s) of {query} {args}")
+    return rows
 
 
 def audit_rows(gw: Gateway, who: Caller, count: int = 1, timeout_s: float = 10.0) -> list[Any]:
@@ -71,14 +71,7 @@ def used(gw: Gateway, who: Caller, period: Period = Period.DAILY) -> int | None:
     return None if value is None else int(str(value))
 
 
-def until(check: Any, timeout_s: float = 10.0, interval_s: float = 0.05) -> Any:
-    """Poll ``check()`` until it is truthy; its last value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval_s)
+until = poll  # the accounting tests' name for the shared poller: fails at its timeout
 
 
 def accounting_answering(gw: Gateway, timeout_s: float = 10.0) -> None:
@@ -94,7 +87,7 @@ def accounting_answering(gw: Gateway, timeout_s: float = 10.0) -> None:
             and gw.metric("authz", "authz_accounting_up") == 1.0
         )
 
-    assert until(answered, timeout_s), f"authz did not see accounting answer in {timeout_s} s"
+    poll(answered, timeout_s, what="authz seeing accounting answer")
 
 
 def reserved_key(who: Caller) -> str:

@@ -18,7 +18,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from tests.e2e.test_authz_support import FORBIDDEN
 from tests.gateway_client import Gateway
+from tests.polling import poll
 
 SERVICE = "neuronetz.admin.v1.AdminService"
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "count to three please"}]}
@@ -72,15 +74,6 @@ def rpc_error(excinfo: pytest.ExceptionInfo[grpc.RpcError]) -> tuple[grpc.Status
 def chat(gw: Gateway, key: str, **extra: Any) -> httpx.Response:
     body = {**CHAT, "stream": False, **extra}
     return httpx.post(f"{gw.url}/api/chat", json=body, headers={"Authorization": f"Bearer {key}"})
-
-
-def poll(check: Any, timeout_s: float, interval_s: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(interval_s)
 
 
 # -- grpcurl-friendliness -------------------------------------------------------------------
@@ -143,8 +136,11 @@ def test_create_chat_revoke_usage_the_grpcurl_way(gw: Gateway, admin: Grpcurl) -
     assert revoked["status"] == "KEY_STATUS_REVOKED"
     assert revoked["revokedReason"] == "leaked in CI log"
     started = time.monotonic()
-    status = poll(lambda: chat(gw, full_key).status_code == 401, timeout_s=1.0)
-    assert status, "a revoked key still worked a second after RevokeKey"
+    poll(
+        lambda: chat(gw, full_key).status_code == 401,
+        timeout_s=1.0,
+        what="a revoked key refused (401) within a second of RevokeKey",
+    )
     assert time.monotonic() - started <= 1.0 + 0.5  # the last request itself may take a moment
 
     def usage() -> dict[str, Any] | None:
@@ -152,8 +148,7 @@ def test_create_chat_revoke_usage_the_grpcurl_way(gw: Gateway, admin: Grpcurl) -
         total = report.get("total", {})
         return report if int(total.get("tokensTotal", 0)) >= tokens_in + tokens_out else None
 
-    report = poll(usage, timeout_s=5.0, interval_s=0.2)
-    assert report is not None, admin.call("GetUsage", {"key": key["id"]})
+    report = poll(usage, timeout_s=5.0, interval_s=0.2, what="GetUsage counting the request")
     total = report["total"]
     assert int(total["tokensIn"]) == tokens_in
     assert int(total["tokensOut"]) == tokens_out
@@ -483,8 +478,7 @@ def test_budgets_set_and_remaining(gw: Gateway, admin: Grpcurl) -> None:
         period = next(p for p in budget["periods"] if p["period"] == "PERIOD_DAILY")
         return period if period["remaining"] == str(100000 - spent) else None
 
-    found = poll(remaining, timeout_s=5.0, interval_s=0.2)
-    assert found is not None, admin.call("GetBudget", {"key": created["key"]["prefix"]})
+    found = poll(remaining, timeout_s=5.0, interval_s=0.2, what="GetBudget showing the spend")
     assert found["used"] == str(spent)
     assert "reserved" not in found  # nothing in flight: 0, omitted like grpcurl does
 
@@ -512,12 +506,21 @@ def test_budgets_set_and_remaining(gw: Gateway, admin: Grpcurl) -> None:
     assert (daily["limit"], daily["source"]) == ("100000", "tenant")
 
 
+# The mock's installed models (devstack/mock_ollama.py), written out: three local, one cloud.
+MOCK_LOCAL = ["llama3.2:latest", "nomic-embed-text:latest", "qwen2.5:0.5b"]
+MOCK_CLOUD = "gpt-oss:20b-cloud"
+
+
+def needs_the_mock(gw: Gateway) -> None:
+    if "mock_ollama" not in gw.stack.procs:
+        pytest.skip("needs the mock's models (a cloud model among them)")
+
+
 def test_models_discovered_and_effective(gw: Gateway, admin: Grpcurl) -> None:
+    needs_the_mock(gw)
     listed = admin.call("ListModels", {})
     backends = {b["backend"]: b.get("models", []) for b in listed["backends"]}
-    assert set(backends) == set(gw.stack.ollama_urls)
-    discovered = {m for models in backends.values() for m in models}
-    assert "llama3.2:latest" in discovered
+    assert backends == {gw.stack.ollama_urls[0]: [MOCK_CLOUD, *MOCK_LOCAL]}
 
     name = tenant_name()
     admin.call(
@@ -532,7 +535,36 @@ def test_models_discovered_and_effective(gw: Gateway, admin: Grpcurl) -> None:
     )
     assert everything["allowAll"] is True
     policy = admin.call("GetEffectiveModels", {"tenant": name})
-    assert set(policy["models"]) == {m for m in discovered if not m.endswith("cloud")}
+    assert policy["models"] == MOCK_LOCAL  # no cloud model without the opt-in
+    admin.call("UpdateTenant", {"tenant": name, "allow_cloud": True, "update_mask": "allowCloud"})
+    policy = admin.call("GetEffectiveModels", {"tenant": name})
+    assert policy["models"] == [MOCK_CLOUD, *MOCK_LOCAL]
+
+
+@pytest.mark.parametrize("allowed", [None, [MOCK_CLOUD, "llama3.2"]], ids=["all", "listed"])
+def test_a_cloud_model_needs_the_opt_in_in_the_admin_view_and_at_check(
+    gw: Gateway, admin: Grpcurl, allowed: list[str] | None
+) -> None:
+    needs_the_mock(gw)
+    models = {"allow_all": True} if allowed is None else {"allowed_models": {"models": allowed}}
+    local = MOCK_LOCAL if allowed is None else ["llama3.2:latest"]
+    keys = {}
+    for opted_in in (False, True):
+        name = tenant_name()
+        admin.call("CreateTenant", {"name": name, "allow_cloud": opted_in, **models})
+        key = admin.call("CreateKey", {"tenant": name})
+        keys[opted_in] = key["fullKey"]
+        want = [MOCK_CLOUD, *local] if opted_in else local
+        assert admin.call("GetEffectiveModels", {"tenant": name})["models"] == want
+        assert admin.call("GetEffectiveModels", {"key": key["key"]["id"]})["models"] == want
+
+    denied = chat(gw, keys[False], model=MOCK_CLOUD, options={"num_predict": 2})
+    assert (denied.status_code, denied.json()) == (403, FORBIDDEN)
+    allowed_resp = chat(gw, keys[True], model=MOCK_CLOUD, options={"num_predict": 2})
+    assert allowed_resp.status_code == 200, allowed_resp.text
+    assert allowed_resp.json()["model"] == MOCK_CLOUD
+    local_resp = chat(gw, keys[False], options={"num_predict": 2})  # llama3.2: still fine
+    assert local_resp.status_code == 200, local_resp.text
 
 
 def test_probe_backends_reports_version_and_models(gw: Gateway, admin: Grpcurl) -> None:
@@ -566,8 +598,12 @@ def test_database_down_is_unavailable_and_changes_nothing(gw: Gateway, admin: Gr
             assert message == "the database is unavailable"
     finally:
         postgres.start(60)
-    recovered = poll(lambda: _tenant_missing(admin, name), timeout_s=10.0, interval_s=0.2)
-    assert recovered, "the admin API did not recover after Postgres came back"
+    poll(
+        lambda: _tenant_missing(admin, name),
+        timeout_s=10.0,
+        interval_s=0.2,
+        what="the admin API answering again after Postgres came back",
+    )
 
 
 def _tenant_missing(admin: Grpcurl, name: str) -> bool:

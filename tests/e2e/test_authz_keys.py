@@ -232,15 +232,21 @@ def test_two_authorization_headers_get_the_401(gw: Gateway) -> None:
     assert resp.json() == UNAUTHORIZED
 
 
-@pytest.mark.parametrize("value", [b"\x00", b"\xc3\xa9", b"\x7f"], ids=["nul", "non-ascii", "del"])
-def test_a_key_with_forbidden_bytes_is_refused_without_a_crash(gw: Gateway, value: bytes) -> None:
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(b"\x00", 400), (b"\xc3\xa9", 401), (b"\x7f", 400)],
+    ids=["nul", "non-ascii", "del"],
+)
+def test_a_key_with_forbidden_bytes_is_refused_without_a_crash(
+    gw: Gateway, value: bytes, expected: int
+) -> None:
     key = caller(gw).key.encode()
     status, body = raw_request(
         gw, b"Authorization: Bearer " + key[:20] + value + key[21:] + b"\r\n"
     )
-    # Envoy's codec may refuse the bytes itself (400, or it drops the connection: 0);
-    # otherwise authz answers the 401. Never anything else.
-    assert status in (0, 400, 401)
+    # Envoy's HTTP/1 codec refuses a control byte in a header value itself (400); raw
+    # non-ASCII (obs-text) is legal in a value, reaches authz and is no key (401).
+    assert status == expected
     if status == 401:
         assert b'{"error": "invalid or missing API key"}' in body  # (chunked)
     # authz is still alive and well.

@@ -3,16 +3,14 @@ authz metrics, direct Redis access."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import redis
 
 from tests.gateway_client import Caller, Gateway
+from tests.polling import poll as poll  # the authz tests' poller, shared with all tests
 
-T = TypeVar("T")
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "say hello to me"}]}
 FORBIDDEN = {"error": "forbidden"}
 FORBIDDEN_OPENAI = {
@@ -30,18 +28,6 @@ def chat(gw: Gateway, who: Caller | str, **body: Any) -> httpx.Response:
     headers = who.headers if isinstance(who, Caller) else {"Authorization": f"Bearer {who}"}
     payload = {**CHAT, "stream": False, "options": {"num_predict": 2}, **body}
     return httpx.post(f"{gw.url}/api/chat", json=payload, headers=headers, timeout=10)
-
-
-def poll(check: Callable[[], T | None], timeout_s: float, interval_s: float = 0.02) -> T:
-    """``check()`` until it returns something truthy; fails after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s}s")
-        time.sleep(interval_s)
 
 
 def argon2_verifies(gw: Gateway) -> float:

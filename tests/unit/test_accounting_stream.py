@@ -13,18 +13,25 @@ from accounting.stream import RequestInfo, StreamAccount
 from gateway import rewrite
 
 
-def account(endpoint: str, body: dict[str, Any], **meta: Any) -> StreamAccount:
-    info = RequestInfo.from_metadata("req-1", {"endpoint": endpoint, "tenant_id": "t", **meta})
+def account(endpoint: str, body: dict[str, Any], *, stream: bool, **meta: Any) -> StreamAccount:
+    """An account for a request authz admitted; ``stream`` is authz's reading of the body (its
+    ``stream`` metadata: Ollama's chat and generate stream unless told otherwise)."""
+    info = RequestInfo.from_metadata(
+        "req-1", {"endpoint": endpoint, "tenant_id": "t", "stream": stream, **meta}
+    )
     acc = StreamAccount(info)
     acc.request_body(json.dumps(body).encode())
     return acc
 
 
-def feed(acc: StreamAccount, status: int, ctype: str, chunks: list[bytes]) -> bytes:
-    """Run the response through; the bytes the client receives."""
-    acc.response_headers(status, ctype)
+def feed(acc: StreamAccount, status: int, chunks: list[bytes]) -> bytes:
+    """Run the response through as accounting/server.py does (Envoy sends accounting no
+    response headers: the status comes with the first body chunk); the bytes the client
+    receives."""
     out = b""
     for i, chunk in enumerate(chunks):
+        if not acc.started:
+            acc.response_start(status, chunk)
         passed = acc.response_chunk(chunk, i == len(chunks) - 1)
         out += chunk if passed is None else passed
     return out
@@ -51,15 +58,15 @@ def native_stream(n: int, counts: bool = True, error_after: int | None = None) -
 
 
 def test_native_stream_counts_from_the_final_frame() -> None:
-    acc = account("/api/chat", CHAT)
-    feed(acc, 200, "application/x-ndjson", [native_stream(5)])
+    acc = account("/api/chat", CHAT, stream=True)
+    feed(acc, 200, [native_stream(5)])
     counts = acc.counts()
     assert (counts.tokens_in, counts.tokens_out, counts.estimated) == (4, 5, False)
 
 
 def test_missing_counts_are_estimated_and_marked() -> None:
-    acc = account("/api/chat", CHAT)
-    feed(acc, 200, "application/x-ndjson", [native_stream(5, counts=False)])
+    acc = account("/api/chat", CHAT, stream=True)
+    feed(acc, 200, [native_stream(5, counts=False)])
     counts = acc.counts()
     assert counts.estimated
     assert counts.tokens_out == 5  # one token per content frame
@@ -67,25 +74,26 @@ def test_missing_counts_are_estimated_and_marked() -> None:
 
 
 def test_error_frame_inside_a_200_stream_is_an_error() -> None:
-    acc = account("/api/generate", {"model": "m", "prompt": "hi"})
-    feed(acc, 200, "application/x-ndjson", [native_stream(5, error_after=2)])
+    acc = account("/api/generate", {"model": "m", "prompt": "hi"}, stream=True)
+    feed(acc, 200, [native_stream(5, error_after=2)])
     counts = acc.counts()
     assert counts.error == "mock failure"
     assert counts.tokens_out == 2 and counts.estimated
 
 
 def test_cut_stream_is_debited_from_what_was_seen() -> None:
-    acc = account("/api/chat", CHAT)
-    acc.response_headers(200, "application/x-ndjson")
-    acc.response_chunk(native_stream(10)[:200], False)
+    acc = account("/api/chat", CHAT, stream=True)
+    first = native_stream(10)[:200]
+    acc.response_start(200, first)
+    acc.response_chunk(first, False)
     outcome = acc.outcome(cut=True)
     assert outcome.cut and outcome.counts.estimated
     assert outcome.counts.tokens_out >= 1
 
 
 def test_backend_error_status_costs_nothing() -> None:
-    acc = account("/api/chat", CHAT)
-    feed(acc, 404, "application/json; charset=utf-8", [b'{"error":"model not found"}'])
+    acc = account("/api/chat", CHAT, stream=True)
+    feed(acc, 404, [b'{"error":"model not found"}'])
     counts = acc.counts()
     assert (counts.tokens_in, counts.tokens_out) == (0, 0)
     assert counts.error == "model not found"
@@ -115,11 +123,9 @@ def test_openai_stream_without_include_usage_is_counted_and_gets_no_usage(
     completions: bool,
 ) -> None:
     endpoint = "/v1/completions" if completions else "/v1/chat/completions"
-    acc = account(endpoint, {**CHAT, "stream": True})
+    acc = account(endpoint, {**CHAT, "stream": True}, stream=True)
     assert acc.strip_usage
-    seen = feed(
-        acc, 200, "text/event-stream", openai_chunks(3, usage=True, completions=completions)
-    )
+    seen = feed(acc, 200, openai_chunks(3, usage=True, completions=completions))
     assert seen == b"".join(openai_chunks(3, usage=False, completions=completions))
     counts = acc.counts()
     assert (counts.tokens_in, counts.tokens_out, counts.estimated) == (4, 3, False)
@@ -131,32 +137,32 @@ def test_usage_chunk_dropped_whatever_the_chunking(cuts: list[int]) -> None:
     data = b"".join(openai_chunks(4, usage=True, completions=True))
     points = sorted({c % (len(data) + 1) for c in cuts})
     chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
-    acc = account("/v1/completions", {**CHAT, "stream": True})
-    seen = feed(acc, 200, "text/event-stream", chunks)
+    acc = account("/v1/completions", {**CHAT, "stream": True}, stream=True)
+    seen = feed(acc, 200, chunks)
     assert seen == b"".join(openai_chunks(4, usage=False, completions=True))
     assert acc.counts().total == 8
 
 
 def test_client_that_asked_for_usage_gets_it() -> None:
     body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
-    acc = account("/v1/chat/completions", body)
+    acc = account("/v1/chat/completions", body, stream=True)
     assert not acc.strip_usage
     chunks = openai_chunks(2, usage=True)
-    assert feed(acc, 200, "text/event-stream", chunks) == b"".join(chunks)
+    assert feed(acc, 200, chunks) == b"".join(chunks)
 
 
 def test_openai_zero_usage_next_to_content_is_unknown() -> None:
-    acc = account("/v1/chat/completions", {**CHAT, "stream": True})
+    acc = account("/v1/chat/completions", {**CHAT, "stream": True}, stream=True)
     chunks = openai_chunks(3, usage=False)
     zero = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     chunks[-1] = sse({"choices": [], "usage": zero}) + b"data: [DONE]\n\n"
-    feed(acc, 200, "text/event-stream", chunks)
+    feed(acc, 200, chunks)
     counts = acc.counts()
     assert counts.estimated and counts.tokens_out == 3 and counts.tokens_in > 0
 
 
 def test_responses_usage_from_the_completed_event() -> None:
-    acc = account("/v1/responses", {"model": "m", "input": "hi there", "stream": True})
+    acc = account("/v1/responses", {"model": "m", "input": "hi there", "stream": True}, stream=True)
     events = [
         sse({"type": "response.created", "response": {"usage": None}}, "response.created"),
         sse({"type": "response.output_text.delta", "delta": "a"}, "response.output_text.delta"),
@@ -168,13 +174,13 @@ def test_responses_usage_from_the_completed_event() -> None:
             "response.completed",
         ),
     ]
-    feed(acc, 200, "text/event-stream", events)
+    feed(acc, 200, events)
     counts = acc.counts()
     assert (counts.tokens_in, counts.tokens_out, counts.estimated) == (2, 7, False)
 
 
 def test_anthropic_messages_input_at_start_output_in_final_delta() -> None:
-    acc = account("/v1/messages", {**CHAT, "max_tokens": 10, "stream": True})
+    acc = account("/v1/messages", {**CHAT, "max_tokens": 10, "stream": True}, stream=True)
     events = [
         sse(
             {
@@ -187,30 +193,25 @@ def test_anthropic_messages_input_at_start_output_in_final_delta() -> None:
         sse({"type": "message_delta", "usage": {"output_tokens": 6}}, "message_delta"),
         sse({"type": "message_stop"}, "message_stop"),
     ]
-    feed(acc, 200, "text/event-stream", events)
+    feed(acc, 200, events)
     counts = acc.counts()
     assert (counts.tokens_in, counts.tokens_out) == (4, 6)
 
 
 def test_anthropic_error_event() -> None:
-    acc = account("/v1/messages", {**CHAT, "max_tokens": 10, "stream": True})
+    acc = account("/v1/messages", {**CHAT, "max_tokens": 10, "stream": True}, stream=True)
     error = {"type": "error", "error": {"type": "api_error", "message": "mock failure"}}
-    feed(acc, 200, "text/event-stream", [sse(error, "error")])
+    feed(acc, 200, [sse(error, "error")])
     assert acc.counts().error == "mock failure"
 
 
 def test_non_stream_json_bodies() -> None:
-    acc = account("/api/embed", {"model": "e", "input": ["a b", "c"]})
-    feed(
-        acc,
-        200,
-        "application/json; charset=utf-8",
-        [b'{"embeddings":[[0.1]],', b'"prompt_eval_count":3}'],
-    )
+    acc = account("/api/embed", {"model": "e", "input": ["a b", "c"]}, stream=False)
+    feed(acc, 200, [b'{"embeddings":[[0.1]],', b'"prompt_eval_count":3}'])
     assert (acc.counts().tokens_in, acc.counts().tokens_out) == (3, 0)
-    acc = account("/v1/embeddings", {"model": "e", "input": "a b c"})
+    acc = account("/v1/embeddings", {"model": "e", "input": "a b c"}, stream=False)
     body = {"object": "list", "data": [], "usage": {"prompt_tokens": 3, "total_tokens": 3}}
-    feed(acc, 200, "application/json", [json.dumps(body).encode()])
+    feed(acc, 200, [json.dumps(body).encode()])
     assert (acc.counts().tokens_in, acc.counts().tokens_out, acc.counts().estimated) == (
         3,
         0,
@@ -277,40 +278,49 @@ def test_non_json_body_passes_unchanged() -> None:
     assert result.body is None and not result.strip_usage
 
 
-def feed_headerless(acc: StreamAccount, status: int, chunks: list[bytes]) -> bytes:
-    """Run the response through as Envoy sends it to accounting: no response headers, the
-    status with the first body chunk."""
-    out = b""
-    for i, chunk in enumerate(chunks):
-        if not acc.started:
-            acc.response_start(status, chunk)
-        passed = acc.response_chunk(chunk, i == len(chunks) - 1)
-        out += chunk if passed is None else passed
-    return out
-
-
-def test_headerless_native_stream_and_whole_json() -> None:
-    acc = account("/api/chat", CHAT, stream=True)
-    feed_headerless(acc, 200, [native_stream(5)])
-    assert (acc.counts().tokens_in, acc.counts().tokens_out) == (4, 5)
+def test_a_whole_json_answer_in_chunks_is_counted() -> None:
     whole = {"message": {"content": "hi"}, "done": True, "prompt_eval_count": 7, "eval_count": 2}
     acc = account("/api/chat", {**CHAT, "stream": False}, stream=False)
-    feed_headerless(acc, 200, [json.dumps(whole).encode()[:20], json.dumps(whole).encode()[20:]])
+    feed(acc, 200, [json.dumps(whole).encode()[:20], json.dumps(whole).encode()[20:]])
     assert (acc.counts().tokens_in, acc.counts().tokens_out) == (7, 2)
 
 
-def test_headerless_openai_stream_drops_the_usage_it_added() -> None:
-    acc = account("/v1/chat/completions", {**CHAT, "stream": True}, stream=True)
-    assert acc.strip_usage
-    out = feed_headerless(acc, 200, openai_chunks(3, usage=True))
-    assert b'"usage"' not in out and out.endswith(b"data: [DONE]\n\n")
-    assert (acc.counts().tokens_in, acc.counts().tokens_out) == (4, 3)
-
-
 @pytest.mark.parametrize("status", [200, 400, 503])
-def test_headerless_json_answer_to_a_stream_request_passes_unchanged(status: int) -> None:
+def test_a_json_answer_to_a_stream_request_passes_unchanged(status: int) -> None:
     acc = account("/v1/chat/completions", {**CHAT, "stream": True}, stream=True)
     body = b'{"error": {"message": "nope", "type": "invalid_request_error"}}'
-    assert feed_headerless(acc, status, [body[:10], body[10:]]) == body
+    assert feed(acc, status, [body[:10], body[10:]]) == body
     if status >= 400:
         assert (acc.counts().tokens_in, acc.counts().tokens_out) == (0, 0)
+
+
+@pytest.mark.parametrize("lead", [b"", b"\n  "], ids=["bare", "after-whitespace"])
+def test_a_whole_json_answer_to_an_openai_stream_request_is_counted_from_its_usage(
+    lead: bytes,
+) -> None:
+    acc = account("/v1/chat/completions", {**CHAT, "stream": True}, stream=True)
+    whole = {
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi there"}}],
+        "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6},
+    }
+    body = lead + json.dumps(whole).encode()
+    assert feed(acc, 200, [body[:7], body[7:]]) == body
+    counts = acc.counts()
+    assert (counts.tokens_in, counts.tokens_out, counts.estimated) == (4, 2, False)
+
+
+def test_a_refusal_of_a_native_stream_request_is_one_json_value() -> None:
+    acc = account("/api/chat", CHAT, stream=True)
+    body = json.dumps({"error": 'model "m" not found'}, indent=2).encode()  # several lines
+    feed(acc, 404, [body])
+    counts = acc.counts()
+    assert (counts.tokens_in, counts.tokens_out, counts.error) == (0, 0, 'model "m" not found')
+
+
+@pytest.mark.parametrize("status", [500, 502])
+def test_a_refusal_without_an_error_field_is_recorded_by_its_status(status: int) -> None:
+    acc = account("/v1/chat/completions", {**CHAT, "stream": True}, stream=True)
+    assert feed(acc, status, [b"upstream failure"]) == b"upstream failure"
+    counts = acc.counts()
+    assert (counts.tokens_in, counts.tokens_out, counts.error) == (0, 0, f"http {status}")

@@ -186,10 +186,11 @@ def test_cut_stream_row_takes_its_counts_from_the_outcome() -> None:
     row = row_from_entry(server.to_entry(entry({"envoy.filters.http.ext_authz": AUTHZ})))
     assert row.awaiting_outcome and row.tokens_in is None
     assert not rows.ready(row)  # waits (bounded) for the stream's outcome
-    account = StreamAccount(RequestInfo.from_metadata("rid-1", AUTHZ))
+    account = StreamAccount(RequestInfo.from_metadata("rid-1", {**AUTHZ, "stream": True}))
     account.request_body(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}')
-    account.response_headers(200, "application/x-ndjson")
-    account.response_chunk(b'{"message": {"content": "a"}, "done": false}\n' * 3, False)
+    frames = b'{"message": {"content": "a"}, "done": false}\n' * 3
+    account.response_start(200, frames)
+    account.response_chunk(frames, False)
     outcomes.put(account.outcome(cut=True))
     assert rows.ready(row)
     assert row.tokens_out == 3 and row.tokens_estimated

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from google.protobuf import field_mask_pb2
 
-from accounting.usage import Dimension, UsageRow, roll_up
 from authz.admin import pages
 from authz.admin.auth import TokenCheck, Verdict
 from authz.admin.server import key_changes, tenant_changes
+from authz.admin.usage import Dimension, UsageRow, roll_up
 from authz.provisioning import InvalidArgument, check_limits, check_tenant_name
 from protos.neuronetz.admin.v1 import admin_pb2 as pb
 

@@ -12,11 +12,13 @@ import pytest
 import yaml
 
 from authz import models, payload
+from authz.admin import models as admin_models
+from authz.admin.records import TenantRecord
 from authz.admission import budgets_for, slots_for
 from authz.check import rate_overrides
-from authz.endpoints import lookup
 from authz.principal import Limits, Principal
 from authz.request import AuthzRequest
+from gateway.endpoints import lookup
 from gateway.periods import Period
 from gateway.settings import Settings
 
@@ -91,6 +93,46 @@ def test_effective_set_and_permits_agree() -> None:
     everything = principal(allow_all=True, allow_cloud=True)
     assert models.effective(everything, discovered) == discovered
     assert models.permits(everything, frozenset(), "llama3") is None  # nothing discovered
+
+
+def tenant_record(**changes: Any) -> TenantRecord:
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    base = TenantRecord(
+        id="t1",
+        name="acme",
+        status="active",
+        allow_all=True,
+        allowed_models=(),
+        allow_cloud=False,
+        limits={},
+        ceilings={},
+        created_at=when,
+        updated_at=when,
+    )
+    return replace(base, **changes)
+
+
+@pytest.mark.parametrize(
+    ("allow_all", "allowed"),
+    [(True, ()), (False, ("LLAMA3", "big:cloud", "gpt-oss:20b-cloud", "ghost"))],
+    ids=["all", "listed"],
+)
+def test_cloud_models_need_the_opt_in_at_check_and_in_the_admin_view(
+    allow_all: bool, allowed: tuple[str, ...]
+) -> None:
+    discovered = frozenset({"llama3:latest", "big:cloud", "gpt-oss:20b-cloud"})
+    backends = {"http://ollama:11434": discovered}
+    local = ("llama3:latest",)
+    everything = ("big:cloud", "gpt-oss:20b-cloud", "llama3:latest")
+    for allow_cloud, want in ((False, local), (True, everything)):
+        tenant = tenant_record(allow_all=allow_all, allowed_models=allowed, allow_cloud=allow_cloud)
+        assert admin_models.policy(tenant, None, backends).models == want
+        who = principal(
+            allow_all=allow_all, allowed_models=frozenset(allowed), allow_cloud=allow_cloud
+        )
+        assert models.effective(who, discovered) == frozenset(want)
+        for name in everything:
+            assert models.permits(who, discovered, name) == (name if name in want else None)
 
 
 def test_limits_inherit_from_the_tenant_when_the_key_leaves_them_null() -> None:

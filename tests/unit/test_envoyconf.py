@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from authz.check import _UNAUTHORIZED_HEADERS
-from authz.decision import error_body
 from devstack import envoyconf
 from devstack.processes import envoy_bin
 from gateway import apikeys
+from gateway.errorbodies import UPSTREAM_UNAVAILABLE, ErrorText, body_for, error_body
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -257,10 +257,107 @@ def test_the_well_formed_key_of_envoy_is_gateway_apikeys() -> None:
                 assert bool(re.fullmatch(pattern, sample)) is bool(well_formed), sample
 
 
-def test_an_upstream_5xx_gets_authz_502_body_in_each_surface() -> None:
-    (router,) = [f for f in _hcm(_shipped())["http_filters"] if f["name"].endswith(".router")]
+def _lua_bodies(config: dict[str, Any]) -> dict[str, str]:
+    """The upstream Lua filter's two bodies: the default (Ollama's) and the OpenAI one."""
+    (router,) = [f for f in _hcm(config)["http_filters"] if f["name"].endswith(".router")]
     (lua, codec) = router["typed_config"]["upstream_http_filters"]
     assert codec["name"] == "envoy.filters.http.upstream_codec"
-    source = lua["typed_config"]["default_source_code"]["inline_string"]
+    source: str = lua["typed_config"]["default_source_code"]["inline_string"]
+    assignments = re.findall(r"\bbody = '([^'\\]*)'", source)
+    (ollama,) = re.findall(r"\blocal body = '([^'\\]*)'", source)
+    (openai,) = re.findall(r'meta\["surface"\] == "openai" then\s+body = \'([^\'\\]*)\'', source)
+    assert assignments == [ollama, openai]
+    return {"ollama": ollama, "openai": openai}
+
+
+def test_an_upstream_5xx_gets_authz_502_body_in_each_surface() -> None:
+    bodies = _lua_bodies(_shipped())
     for surface in ("ollama", "openai"):
-        assert f"'{error_body(502, surface).decode()}'" in source
+        assert bodies[surface].encode() == error_body(502, surface)
+
+
+# -- every error body Envoy answers itself is gateway/errorbodies.py's (issue 12 §1) -------------
+
+# What each local_reply_config mapper answers, by its condition (hand-written: a mapper added,
+# dropped or pointed at another body fails the test).
+_UPSTREAM_FLAGS = ["UF", "UH", "UO", "URX", "UT", "UC", "UR", "UPE"]
+_LOCAL_REPLIES: dict[str, int | ErrorText] = {
+    "status 413": 413,  # over ext_authz's max_request_bytes
+    "status 408": 408,  # request_timeout
+    "flags RLSE": 503,  # the RLS could not decide
+    "flags " + " ".join(_UPSTREAM_FLAGS): UPSTREAM_UNAVAILABLE,  # the model server failed
+    "cel 503": 503,  # ext_proc could not reach accounting, or overload_manager refused
+}
+
+
+def _condition(condition: dict[str, Any]) -> str:
+    if "status_code_filter" in condition:
+        comparison = condition["status_code_filter"]["comparison"]
+        assert comparison["op"] == "EQ"
+        return f"status {comparison['value']['default_value']}"
+    if "response_flag_filter" in condition:
+        return "flags " + " ".join(condition["response_flag_filter"]["flags"])
+    cel = condition["extension_filter"]["typed_config"]["expression"]
+    (status,) = re.findall(r"response\.code == (\d+)", cel)
+    return f"cel {status}"
+
+
+def _mapper(mapper: dict[str, Any]) -> tuple[str, str]:
+    """(condition, surface) of a local_reply_config mapper: its OpenAI twin matches /v1/."""
+    condition = mapper["filter"]
+    if "and_filter" not in condition:
+        return _condition(condition), "ollama"
+    (only, path) = condition["and_filter"]["filters"]
+    assert path == {
+        "header_filter": {"header": {"name": ":path", "string_match": {"prefix": "/v1/"}}}
+    }
+    return _condition(only), "openai"
+
+
+def _strings(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [s for value in node.values() for s in _strings(value)]
+    if isinstance(node, list):
+        return [s for value in node for s in _strings(value)]
+    return [node] if isinstance(node, str) else []
+
+
+def test_every_error_body_envoy_answers_is_authz_decision_s() -> None:
+    config = _shipped()
+    checked = 0
+    # local_reply_config: in pairs, the OpenAI shape first (the first mapper that matches wins).
+    mappers = _hcm(config)["local_reply_config"]["mappers"]
+    seen = [_mapper(m) for m in mappers]
+    assert seen == [(c, s) for c in _LOCAL_REPLIES for s in ("openai", "ollama")]
+    for mapper, (condition, surface) in zip(mappers, seen, strict=True):
+        override = mapper["body_format_override"]
+        assert override["content_type"] == "application/json"
+        answer = _LOCAL_REPLIES[condition]
+        expected = (
+            body_for(answer, surface)
+            if isinstance(answer, ErrorText)
+            else error_body(answer, surface)
+        )
+        assert override["text_format_source"]["inline_string"].encode() == expected, condition
+        checked += 1
+    # direct responses: the 401s before a key, the 403 of every other path.
+    answered = set()
+    for route in _routes(config):
+        if "direct_response" not in route:
+            continue
+        status, surface = route["direct_response"]["status"], _surface(route["match"])
+        assert route["direct_response"]["body"]["inline_string"].encode() == error_body(
+            status, surface
+        )
+        assert {"header": {"key": "content-type", "value": "application/json"}} in route[
+            "response_headers_to_add"
+        ]
+        answered.add((status, surface))
+        checked += 1
+    assert answered == {(401, "openai"), (401, "ollama"), (403, "openai"), (403, "ollama")}
+    # the model server's 5xx: the upstream Lua filter's 502.
+    for surface, body in _lua_bodies(config).items():
+        assert body.encode() == error_body(502, surface)
+        checked += 1
+    # ... and no other error body anywhere in the file.
+    assert sum(s.count('"error"') for s in _strings(config)) == checked

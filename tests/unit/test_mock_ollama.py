@@ -380,3 +380,26 @@ async def test_frame_delay_and_real_server() -> None:
         assert state.requests[-1].path == "/api/chat"
     finally:
         await runner.cleanup()
+
+
+async def test_a_cloud_model_is_listed_the_way_ollama_lists_one(
+    mock: tuple[TestClient[Any, Any], MockOllama],
+) -> None:
+    client, _state = mock
+    tags = (await (await client.get("/api/tags")).json())["models"]
+    assert [m["name"] for m in tags] == [
+        "llama3.2:latest",
+        "qwen2.5:0.5b",
+        "nomic-embed-text:latest",
+        "gpt-oss:20b-cloud",
+    ]
+    cloud = tags[-1]
+    assert (cloud["remote_model"], cloud["remote_host"]) == (
+        "gpt-oss:20b",
+        "https://ollama.com:443",
+    )
+    assert cloud["size"] == 384  # a stub: the weights stay on Ollama's cloud
+    assert cloud["details"]["format"] == ""
+    assert not {"remote_model", "remote_host"} & set(tags[0])  # local models have neither
+    resp = await client.post("/api/chat", json={**CHAT, "model": "gpt-oss:20b-cloud"})
+    assert resp.status == 200
