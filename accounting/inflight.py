@@ -20,8 +20,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from accounting.stream import Outcome, RequestInfo, TokenLimit
+from accounting.stream import Outcome, RequestInfo
 from accounting.tally import Counts
+from gateway.requestmeta import RateOverride
 
 SNAPSHOT_S = 0.5
 KEY_TTL_S = 86400
@@ -44,11 +45,15 @@ def encode(info: RequestInfo) -> str:
 
 
 def decode(text: str) -> RequestInfo | None:
+    """What :func:`encode` wrote; an entry of the previous release (its tokens/min limits
+    under ``token_limits``) reads the same. None when it is not one."""
     try:
         values: dict[str, Any] = json.loads(text)
-        limits = tuple(TokenLimit(**limit) for limit in values.pop("token_limits", []))
-        return RequestInfo(**values, token_limits=limits)
-    except (ValueError, TypeError):
+        rl = values.pop("rl", None)
+        legacy = values.pop("token_limits", None)
+        overrides = rl if rl is not None else legacy or []
+        return RequestInfo(**values, rl=tuple(RateOverride(**o) for o in overrides))
+    except (ValueError, TypeError, AttributeError):
         return None
 
 

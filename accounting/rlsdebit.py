@@ -38,6 +38,8 @@ DEBIT_ERRORS = Counter("accounting_tpm_debit_errors_total", "failed tokens/min d
 _log = logs.get("accounting")
 
 _Descriptor = ratelimit_pb2.RateLimitDescriptor
+# The windows of authz's ``rl`` that count tokens (the others count requests).
+TOKEN_WINDOWS = ("key_tpm", "tenant_tpm")
 
 
 def descriptors(info: RequestInfo, tokens: int) -> list[Any]:
@@ -46,7 +48,9 @@ def descriptors(info: RequestInfo, tokens: int) -> list[Any]:
     if tokens <= 0 or not info.tenant_id:
         return []
     found: list[Any] = []
-    for limit in info.token_limits:
+    for limit in info.rl:
+        if limit.name not in TOKEN_WINDOWS:
+            continue  # requests/min: Envoy's own descriptors count those
         entries = [("limit", limit.name), ("tenant_id", info.tenant_id)]
         if limit.name == "key_tpm":
             if not info.key_id:

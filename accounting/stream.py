@@ -13,7 +13,9 @@ from typing import Any
 
 from accounting.frames import NdjsonParser, SseEvent, SseParser
 from accounting.tally import Counts, Tally, estimate_tokens
-from gateway import gojson, rewrite
+from gateway import endpoints, gojson, rewrite
+from gateway.endpoints import Framing, Surface
+from gateway.requestmeta import RequestMeta
 
 # JSON (non-stream) bodies are parsed whole at the end; beyond this size they are estimated.
 MAX_JSON_BODY = 16 << 20
@@ -23,97 +25,8 @@ _USAGE_FIELD = re.compile(
 )
 
 
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _number(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return int(value)
-
-
-@dataclass(frozen=True, slots=True)
-class TokenLimit:
-    """A tokens/min limit authz handed to the RLS for this request (``rl`` in its metadata)."""
-
-    name: str  # "key_tpm" | "tenant_tpm"
-    requests_per_unit: int
-    unit: str  # the RLS's unit name, e.g. "MINUTE"
-
-
-TOKEN_LIMITS = ("key_tpm", "tenant_tpm")
-
-
-def _token_limits(rl: Any) -> tuple[TokenLimit, ...]:
-    if not isinstance(rl, dict):
-        return ()
-    found: list[TokenLimit] = []
-    for name in TOKEN_LIMITS:
-        value = rl.get(name)
-        if not isinstance(value, dict):
-            continue
-        per_unit = _number(value.get("requests_per_unit"))
-        unit = value.get("unit")
-        if per_unit is not None and per_unit >= 0 and isinstance(unit, str) and unit:
-            found.append(TokenLimit(name, per_unit, unit))
-    return tuple(found)
-
-
-def _prompt_estimate(meta: dict[str, Any]) -> int:
-    """authz's estimate of the prompt's tokens (what it reserved for the prompt); without it,
-    what the reservation holds beyond the output cap; 0 when neither is known."""
-    estimate = _number(meta.get("prompt_estimate"))
-    if estimate is not None:
-        return max(0, estimate)
-    reserved = _number(meta.get("reserved")) or 0
-    max_tokens = _number(meta.get("max_tokens")) or 0
-    return max(0, reserved - max_tokens) if reserved > 0 else 0
-
-
-@dataclass(frozen=True, slots=True)
-class RequestInfo:
-    """What authz decided about the request (its dynamic metadata), plus the request id."""
-
-    request_id: str
-    tenant: str = ""
-    tenant_id: str = ""
-    key_id: str = ""
-    key_prefix: str = ""
-    model: str = ""
-    endpoint: str = ""
-    stream: bool = False
-    reserved: int = 0
-    max_tokens: int = 0
-    keep_alive_min_s: int | None = None
-    keep_alive_max_s: int | None = None
-    slot: bool = False
-    prompt_log: bool = False
-    strip_usage: bool = False  # the rewrite asked for a usage chunk the client did not
-    prompt_estimate: int = 0  # authz's estimate of the prompt's tokens (its reservation's part)
-    token_limits: tuple[TokenLimit, ...] = ()  # tokens/min limits of the key and the tenant
-
-    @classmethod
-    def from_metadata(cls, request_id: str, meta: dict[str, Any]) -> RequestInfo:
-        return cls(
-            request_id=request_id,
-            tenant=_text(meta.get("tenant")),
-            tenant_id=_text(meta.get("tenant_id")),
-            key_id=_text(meta.get("key_id")),
-            key_prefix=_text(meta.get("key_prefix")),
-            model=_text(meta.get("model")),
-            endpoint=_text(meta.get("endpoint")),
-            stream=meta.get("stream") is True,
-            reserved=_number(meta.get("reserved")) or 0,
-            max_tokens=_number(meta.get("max_tokens")) or 0,
-            keep_alive_min_s=_number(meta.get("keep_alive_min_s")),
-            keep_alive_max_s=_number(meta.get("keep_alive_max_s")),
-            slot=meta.get("slot") is True,
-            prompt_log=meta.get("prompt_log") is True,
-            strip_usage=meta.get("strip_usage") is True,
-            prompt_estimate=_prompt_estimate(meta),
-            token_limits=_token_limits(meta.get("rl")),
-        )
+# What authz decided about the request (its dynamic metadata, gateway/requestmeta.py).
+RequestInfo = RequestMeta
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,12 +119,15 @@ class StreamAccount:
     def response_start(self, status: int, first: bytes) -> None:
         """Start the response without its headers (Envoy sends accounting none): the status
         comes from Envoy's ``response.code`` attribute, the framing from the endpoint, the
-        request's stream flag and the first body bytes. A refusal (4xx/5xx) or a body that is
-        one JSON value is whole JSON; a stream is SSE on the OpenAI-style routes and NDJSON on
-        Ollama's native ones."""
-        if status >= 400 or not self.info.stream:
+        request's stream flag and the first body bytes. A refusal (4xx/5xx), an endpoint that
+        never streams or a body that is one JSON value is whole JSON; a stream is framed as
+        the endpoint's (:mod:`gateway.endpoints`: SSE on the OpenAI-style routes, NDJSON on
+        Ollama's native ones)."""
+        endpoint = endpoints.for_path(self.info.endpoint)
+        streams = endpoint.framing if endpoint is not None else None
+        if status >= 400 or not self.info.stream or streams is None:
             framing = "json"
-        elif self.info.endpoint.startswith("/v1/"):
+        elif streams is Framing.SSE:
             framing = "json" if first.lstrip().startswith(b"{") else "sse"
         else:
             framing = "ndjson"
@@ -264,7 +180,7 @@ class StreamAccount:
         value = event.json()
         if value is None:
             return event.raw
-        if self.info.endpoint.startswith("/v1/"):
+        if endpoints.surface(self.info.endpoint) is Surface.OPENAI:
             self._tally.openai(value, event.event)
         else:
             self._tally.native(value)
@@ -281,7 +197,7 @@ class StreamAccount:
             value = json.loads(bytes(self._json))
         except (ValueError, UnicodeDecodeError):
             return
-        if self.info.endpoint.startswith("/v1/"):
+        if endpoints.surface(self.info.endpoint) is Surface.OPENAI:
             self._tally.openai(value, whole=True)
         else:
             self._tally.native(value)

@@ -1,11 +1,12 @@
 """Budget pre-check + reservation and concurrency slot, in one Redis round trip.
 
 One pipeline carries ``EXISTS nz:deny_mode`` (accounting sets it while it cannot audit) and one
-Lua script that, atomically and under the tenant's hash tag: checks that every configured
-budget period (daily / monthly / total, key and tenant) has tokens left, takes a slot in the
-key's and the tenant's concurrency sets, and reserves an upper bound of the request's tokens
-on every budget counter (layouts in ``gateway/budgets.py`` and ``gateway/slots.py``). A
-*used* counter missing from Redis is rebuilt from the Postgres ledger first.
+Lua script (``gateway/lua/admit.lua``: its header names KEYS, ARGV and the answer) that,
+atomically and under the tenant's hash tag: checks that every configured budget period (daily /
+monthly / total, key and tenant) has tokens left, takes a slot in the key's and the tenant's
+concurrency sets, and reserves an upper bound of the request's tokens on every budget counter
+(layouts in ``gateway/budgets.py`` and ``gateway/slots.py``). A *used* counter missing from
+Redis is rebuilt from the Postgres ledger first.
 """
 
 from __future__ import annotations
@@ -32,71 +33,6 @@ _BUDGET_FIELDS = (
     (Period.MONTHLY, "budget_monthly"),
     (Period.TOTAL, "budget_total"),
 )
-
-_ADMIT = """
-local now = tonumber(ARGV[1])
-local nb = tonumber(ARGV[2])
-local ns = tonumber(ARGV[3])
-local want = tonumber(ARGV[4])
-local rid = ARGV[5]
-local take = ARGV[6] == '1'
-local ttl = tonumber(ARGV[7])
-local slot_expiry = tonumber(ARGV[8])
-local need = tonumber(ARGV[9])
-local missing = {}
-local used_of = {}
-for i = 1, nb do
-  local used = redis.call('GET', KEYS[2 * i - 1])
-  if used then used_of[i] = tonumber(used) else missing[#missing + 1] = i end
-end
-if #missing > 0 then return {3, unpack(missing)} end
-local minrem = 0
-local mini = 0
-for i = 1, nb do
-  local used = used_of[i]
-  local res = KEYS[2 * i]
-  local total = res .. ':sum'
-  local expired = redis.call('ZRANGEBYSCORE', res, '-inf', now)
-  if #expired > 0 then
-    local gone = 0
-    for _, m in ipairs(expired) do gone = gone + (tonumber(string.match(m, '|(%d+)$')) or 0) end
-    redis.call('ZREMRANGEBYSCORE', res, '-inf', now)
-    redis.call('DECRBY', total, gone)
-  end
-  local rem = tonumber(ARGV[9 + i]) - used - (tonumber(redis.call('GET', total)) or 0)
-  if mini == 0 or rem < minrem then
-    minrem = rem
-    mini = i
-  end
-end
-if not take then return {0, mini, minrem, 0} end
-if mini > 0 and minrem < need then return {1, mini, minrem, 0} end
-for j = 1, ns do
-  local zs = KEYS[2 * nb + j]
-  redis.call('ZREMRANGEBYSCORE', zs, '-inf', now)
-  if redis.call('ZCARD', zs) >= tonumber(ARGV[9 + nb + j]) then return {2, mini, minrem, j} end
-end
-for j = 1, ns do
-  local zs = KEYS[2 * nb + j]
-  redis.call('ZADD', zs, slot_expiry, rid)
-  redis.call('EXPIRE', zs, math.max(ttl, math.ceil(slot_expiry - now)))
-end
-if nb == 0 then return {0, 0, 0, 0} end
-local amount = math.min(want, minrem)
-local member = rid .. '|' .. amount
-local counters = {}
-for i = 1, nb do
-  if redis.call('ZADD', KEYS[2 * i], now + ttl, member) == 1 then  -- a retried call adds nothing
-    redis.call('INCRBY', KEYS[2 * i] .. ':sum', amount)
-  end
-  redis.call('EXPIRE', KEYS[2 * i], ttl)
-  redis.call('EXPIRE', KEYS[2 * i] .. ':sum', ttl)
-  counters[i] = {KEYS[2 * i - 1], KEYS[2 * i]}
-end
--- The record outlives the reservation (ARGV[#ARGV]): a late settlement still finds it.
-redis.call('SET', KEYS[#KEYS], cjson.encode({m = member, p = counters}), 'EX', ARGV[#ARGV])
-return {0, mini, minrem, amount}
-"""
 
 
 class Outcome(Enum):
@@ -160,7 +96,7 @@ class Admitter:
         self._sha = ""
 
     async def load(self) -> None:
-        self._sha = await self._redis.script_load(_ADMIT)
+        self._sha = await self._redis.script_load(budgets.ADMIT)
 
     async def deny_mode(self) -> bool:
         """For answers that need no other Redis work (401, 403)."""

@@ -12,8 +12,8 @@ it is refusing gets the RLS's 429 right after the endpoint check, its body unrea
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
 from urllib.parse import unquote
 
 from prometheus_client import Counter
@@ -28,6 +28,7 @@ from authz.principal import Principal
 from authz.request import AuthzRequest
 from gateway import apikeys, endpoints, gojson, logs, rewrite
 from gateway.endpoints import Endpoint, Kind, Scope
+from gateway.requestmeta import RateOverride, RequestMeta
 from gateway.storeerrors import StoreUnavailable
 
 _UNAUTHORIZED_HEADERS = {"www-authenticate": 'Bearer realm="neuronetz"'}
@@ -42,14 +43,14 @@ class _Denied(Exception):
         self.reply = reply
 
 
-def rate_overrides(principal: Principal) -> dict[str, dict[str, Any]]:
+def rate_overrides(principal: Principal) -> tuple[RateOverride, ...]:
     """``rl`` metadata for the RLS: the key's (inherited when NULL) and the tenant's limits."""
-    found: dict[str, dict[str, Any]] = {}
+    found: list[RateOverride] = []
     for window in throttle.WINDOWS:
         value = throttle.own_limit(principal, window)
         if value is not None:
-            found[window] = {"requests_per_unit": value, "unit": "MINUTE"}
-    return found
+            found.append(RateOverride(window, value, "MINUTE"))
+    return tuple(found)
 
 
 def presented_key(req: AuthzRequest) -> str | None:
@@ -99,11 +100,17 @@ class Authorizer:
         DECISIONS.labels(tenant, str(status)).inc()
         return decision
 
-    async def _refuse(self, status: int, req: AuthzRequest, **kwargs: Any) -> Decision:
+    async def _refuse(
+        self,
+        status: int,
+        req: AuthzRequest,
+        meta: RequestMeta | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Decision:
         """A 401/403/4xx that needed no Redis work so far still honours deny mode."""
         if await self._admitter.deny_mode():
             return deny(503, req.surface)
-        return deny(status, req.surface, **kwargs)
+        return deny(status, req.surface, headers, None if meta is None else meta.to_metadata())
 
     async def _check(self, req: AuthzRequest) -> tuple[Decision, str]:
         presented = presented_key(req)
@@ -120,45 +127,47 @@ class Authorizer:
             return deny(429, req.surface, headers), ""
         if principal is None or not principal.usable(datetime.now(UTC)):
             return await self._refuse(401, req, headers=_UNAUTHORIZED_HEADERS), ""
-        identity: dict[str, Any] = {
-            "tenant": principal.tenant,
-            "tenant_id": principal.tenant_id,
-            "key_id": principal.key_id,
-            "key_prefix": principal.prefix,
-            "surface": req.surface,
-        }
         endpoint = endpoints.lookup(req.method, req.path)
-        if endpoint is None or endpoint.scope not in principal.scopes:
-            return await self._refuse(403, req, metadata=identity), principal.tenant
-        identity["endpoint"] = endpoint.path
+        if endpoint is not None and endpoint.scope not in principal.scopes:
+            endpoint = None
+        identity = RequestMeta(
+            tenant=principal.tenant,
+            tenant_id=principal.tenant_id,
+            key_id=principal.key_id,
+            key_prefix=principal.prefix,
+            surface=req.surface,
+            endpoint="" if endpoint is None else endpoint.path,
+        )
+        if endpoint is None:
+            return await self._refuse(403, req, identity), principal.tenant
         if endpoint.kind in _RATE_LIMITED:
             # The RLS is refusing this key or its tenant: its 429 now, no body read (and, like
             # any 429, no deny-mode read: a refusal serves nothing).
-            refused = self._throttles.refusal(principal, req.surface, identity)
+            refused = self._throttles.refusal(principal, req.surface, identity.to_metadata())
             if refused is not None:
                 return refused, principal.tenant
         if len(req.body) > self._max_body:
-            return await self._refuse(413, req, metadata=identity), principal.tenant
+            return await self._refuse(413, req, identity), principal.tenant
         if endpoint.kind is Kind.INFERENCE:
             return await self._inference(req, endpoint, principal, identity), principal.tenant
         return await self._answer(req, endpoint, principal, identity), principal.tenant
 
     async def _inference(
-        self, req: AuthzRequest, endpoint: Endpoint, principal: Principal, meta: dict[str, Any]
+        self, req: AuthzRequest, endpoint: Endpoint, principal: Principal, meta: RequestMeta
     ) -> Decision:
         try:
             body = payload.parse(req, embeddings=endpoint.scope is Scope.EMBEDDINGS)
         except payload.BadRequest as bad:
-            return await self._refuse(bad.status, req, metadata=meta)
+            return await self._refuse(bad.status, req, meta)
         allowed = principal.allowed_options | self._inert_options
         if not fields.options_allowed(body.options, allowed, principal.max_num_ctx):
-            return await self._refuse(400, req, metadata=meta)
+            return await self._refuse(400, req, meta)
         model = models.permits(principal, self._discovery.models(), body.model)
         if model is None:
-            return await self._refuse(403, req, metadata=meta)
+            return await self._refuse(403, req, meta)
         if self._accounting is not None and not self._accounting.up:
             # Nothing would account for it: 503 before any slot or reservation is taken.
-            return deny(503, req.surface, metadata=meta)
+            return deny(503, req.surface, metadata=meta.to_metadata())
         embeddings = endpoint.scope is Scope.EMBEDDINGS
         # What it asks (or the tenant's default), never above the tenant's or gateway's ceiling.
         asked = body.output_cap or principal.default_max_tokens
@@ -175,7 +184,15 @@ class Authorizer:
         if admission.period is not None and not embeddings:
             # Run under what the budget has left: the reservation is the upper bound.
             cap = min(cap, max(1, admission.reserved - body.prompt_estimate))
-        meta.update(
+        limits = rewrite.Limits(
+            endpoint.path, body.stream, cap, principal.keep_alive_min_s, principal.keep_alive_max_s
+        )
+        # Only a request whose body changes (or whose prompt is logged) takes Envoy's mutating
+        # ext_proc round trip (nz.rewrite in envoy.yaml), and only a stream that gets a usage
+        # chunk its client did not ask for has it taken out (nz.strip).
+        changes = rewrite.apply(body.body, limits)
+        admitted = replace(
+            meta,
             request_id=request_id,
             model=model,
             stream=body.stream,
@@ -187,33 +204,24 @@ class Authorizer:
             keep_alive_max_s=principal.keep_alive_max_s,
             slot=admission.slot,
             prompt_log=principal.prompt_log,
+            rewrite=changes.changed or principal.prompt_log,
+            strip_usage=changes.strip_usage,
         )
-        limits = rewrite.Limits(
-            endpoint.path, body.stream, cap, principal.keep_alive_min_s, principal.keep_alive_max_s
-        )
-        # Only a request whose body changes (or whose prompt is logged) takes Envoy's mutating
-        # ext_proc round trip (nz.rewrite in envoy.yaml), and only a stream that gets a usage
-        # chunk its client did not ask for has it taken out (nz.strip).
-        changes = rewrite.apply(body.body, limits)
-        if changes.changed or principal.prompt_log:
-            meta["rewrite"] = True
-        if changes.strip_usage:
-            meta["strip_usage"] = True
-        return self._allow(principal, admission, meta)
+        return self._allow(principal, admission, admitted)
 
     def _raise_unless_admitted(
-        self, admission: Admission, req: AuthzRequest, meta: dict[str, Any]
+        self, admission: Admission, req: AuthzRequest, meta: RequestMeta
     ) -> None:
         if admission.outcome is Outcome.OK:
             return
         if admission.outcome is Outcome.DENY_MODE:
-            raise _Denied(deny(503, req.surface, metadata=meta))
+            raise _Denied(deny(503, req.surface, metadata=meta.to_metadata()))
         headers = admission.budget_headers()
         if admission.retry_after is not None:
             headers["retry-after"] = str(admission.retry_after)
-        raise _Denied(deny(429, req.surface, headers, metadata=meta))
+        raise _Denied(deny(429, req.surface, headers, metadata=meta.to_metadata()))
 
-    def _allow(self, principal: Principal, admission: Admission, meta: dict[str, Any]) -> Allow:
+    def _allow(self, principal: Principal, admission: Admission, meta: RequestMeta) -> Allow:
         return Allow(
             # Identity for the upstream, overwriting whatever the client sent under these names.
             upstream_headers={
@@ -224,11 +232,11 @@ class Authorizer:
             # overwritten (never removed), whatever the client sent.
             remove_headers=("authorization", "x-api-key"),
             response_headers=admission.budget_headers(),
-            metadata=meta,
+            metadata=meta.to_metadata(),
         )
 
     async def _answer(
-        self, req: AuthzRequest, endpoint: Endpoint, principal: Principal, meta: dict[str, Any]
+        self, req: AuthzRequest, endpoint: Endpoint, principal: Principal, meta: RequestMeta
     ) -> Decision:
         """Listings, model detail and version: no reservation, no slot; budget headers."""
         show_model = ""
@@ -237,10 +245,10 @@ class Authorizer:
             try:
                 body = payload.json_object(req)
             except payload.BadRequest as bad:
-                return await self._refuse(bad.status, req, metadata=meta)
+                return await self._refuse(bad.status, req, meta)
             name = gojson.field(body, "model") or gojson.field(body, "name")
             if not isinstance(name, str) or not name.strip():
-                return await self._refuse(400, req, metadata=meta)
+                return await self._refuse(400, req, meta)
             show_model = name
             verbose = gojson.field(body, "verbose") is True
         discovered = self._discovery.models()
@@ -250,31 +258,34 @@ class Authorizer:
         if show_model:
             model = models.permits(principal, discovered, show_model) or ""
             if not model:
-                return await self._refuse(403, req, metadata=meta)
-            meta["model"] = model
+                return await self._refuse(403, req, meta)
+            meta = replace(meta, model=model)
         admission = await self._admitter.admit(principal, req.request_id, 0, take=False)
         self._raise_unless_admitted(admission, req, meta)
         if endpoint.kind is Kind.VERSION:
-            meta["rl"] = rate_overrides(principal)  # proxied: counts against requests/min
-            return self._allow(principal, admission, meta)
+            # Proxied: counts against requests/min.
+            return self._allow(principal, admission, replace(meta, rl=rate_overrides(principal)))
         headers = admission.budget_headers()
+        reply_meta = meta.to_metadata()
         effective = models.effective(principal, discovered)
         entries = self._discovery.entries()
         try:
             if endpoint.path == "/api/tags":
-                return json_reply(listings.tags(entries, effective), headers, meta)
+                return json_reply(listings.tags(entries, effective), headers, reply_meta)
             if endpoint.path == "/v1/models":
-                return json_reply(listings.openai_models(entries, effective), headers, meta)
+                return json_reply(listings.openai_models(entries, effective), headers, reply_meta)
             if endpoint is endpoints.MODEL_DETAIL:
-                return json_reply(listings.openai_model(show_model, entries[model]), headers, meta)
+                return json_reply(
+                    listings.openai_model(show_model, entries[model]), headers, reply_meta
+                )
             session = self._discovery.session()
             if endpoint.path == "/api/ps":
                 live = list(self._discovery.snapshot())
-                return json_reply(await listings.ps(session, live, effective), headers, meta)
+                return json_reply(await listings.ps(session, live, effective), headers, reply_meta)
             backend = self._discovery.backends_for(model)[0]
             shown = await listings.show(session, backend, model, verbose)
-            return json_reply(shown, headers, meta)
+            return json_reply(shown, headers, reply_meta)
         except listings.UnknownModel:
-            return deny(403, req.surface, metadata=meta)
+            return deny(403, req.surface, metadata=reply_meta)
         except (listings.UpstreamError, KeyError, IndexError):
-            return deny(502, req.surface, metadata=meta)
+            return deny(502, req.surface, metadata=reply_meta)

@@ -32,7 +32,8 @@ from typing import Any
 
 from authz import fields
 from authz.request import AuthzRequest
-from gateway import gojson
+from gateway import endpoints, gojson
+from gateway.endpoints import OutputCap, Surface
 
 # curl's ``-d`` sends a form content type, and Ollama's own docs use ``curl -d '{…}'``: such a
 # body is accepted when it is JSON. Anything else that is not JSON is refused (415).
@@ -165,11 +166,12 @@ def _positive_int(value: Any) -> int | None:
     return value
 
 
-def _output_cap(body: dict[str, Any], options: dict[str, Any], surface: str) -> int | None:
-    if surface == "ollama":
-        return _positive_int(options.get("num_predict"))  # a map in Ollama: keys match exactly
-    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-        cap = _positive_int(gojson.field(body, name))
+def _output_cap(body: dict[str, Any], options: dict[str, Any], spec: OutputCap) -> int | None:
+    """The first positive integer in the endpoint's cap fields (:mod:`gateway.endpoints`)."""
+    for name in spec.fields:
+        # A key of Ollama's options map matches exactly; a struct field as Go folds it.
+        value = options.get(name) if spec.in_options else gojson.field(body, name)
+        cap = _positive_int(value)
         if cap is not None:
             return cap
     return None
@@ -178,7 +180,8 @@ def _output_cap(body: dict[str, Any], options: dict[str, Any], surface: str) -> 
 def parse(req: AuthzRequest, *, embeddings: bool) -> Payload:
     """The request's model and sizes; raises :class:`BadRequest`."""
     body = json_object(req)
-    if not fields.allowed(req.path, body):
+    endpoint = endpoints.for_path(req.path)
+    if endpoint is None or not fields.allowed(req.path, body):
         raise BadRequest(400)
     model = gojson.field(body, "model")
     if not isinstance(model, str) or not model.strip():
@@ -186,7 +189,7 @@ def parse(req: AuthzRequest, *, embeddings: bool) -> Payload:
     stream = gojson.field(body, "stream")
     if stream is None:
         # Ollama's chat and generate stream unless told otherwise; the OpenAI API does not.
-        stream = req.surface == "ollama" and not embeddings
+        stream = endpoint.surface is Surface.OLLAMA and not embeddings
     elif not isinstance(stream, bool):
         raise BadRequest(400)
     options = gojson.field(body, "options")
@@ -195,11 +198,12 @@ def parse(req: AuthzRequest, *, embeddings: bool) -> Payload:
     elif not isinstance(options, dict):
         raise BadRequest(400)  # a map in Ollama: anything else does not decode
     prompt = sum(_prompt_tokens(k, v) for k, v in body.items())
+    spec = endpoint.output_cap  # None: it generates no tokens
     return Payload(
         model=model,
         stream=stream,
         prompt_estimate=prompt + _REQUEST_TOKENS,
-        output_cap=0 if embeddings else _output_cap(body, options, req.surface),
+        output_cap=0 if embeddings or spec is None else _output_cap(body, options, spec),
         options=options,
         body=body,
     )

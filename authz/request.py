@@ -7,7 +7,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from gateway import gojson
+from gateway import endpoints, gojson
 
 BODIES_PARSED = Counter("authz_bodies_parsed_total", "request bodies authz parsed as JSON")
 
@@ -27,8 +27,9 @@ class AuthzRequest:
 
     @property
     def surface(self) -> str:
-        """``openai`` for ``/v1/*``, ``ollama`` otherwise: picks the error body's shape."""
-        return "openai" if self.path.startswith("/v1/") or self.path == "/v1" else "ollama"
+        """``openai`` for ``/v1/*``, ``ollama`` otherwise (:func:`gateway.endpoints.surface`):
+        picks the error body's shape."""
+        return endpoints.surface(self.path).value
 
     def json_body(self) -> Any:
         """The body parsed as Ollama reads it (memoised, :mod:`gateway.gojson`); raises

@@ -34,9 +34,9 @@ import psutil
 from accounting import audit
 from bench.run import BENCH_TENANT, CHAT, percentile, start_envoy
 from devstack import envoyconf
+from devstack.client import StackClient
 from devstack.processes import Proc
 from devstack.stack import Stack, StackConfig
-from tests.gateway_client import Gateway
 
 
 @dataclass
@@ -170,7 +170,7 @@ def main() -> None:
     stack = Stack(StackConfig(log_level="warning")).start()
     bare: Proc | None = None
     try:
-        gw = Gateway(stack)
+        gw = StackClient(stack)
         key = gw.new_key(tenant=BENCH_TENANT)
         bare, url = start_envoy(
             stack, "no accounting", lambda port, admin: without_accounting(stack, port, admin)

@@ -31,9 +31,9 @@ from envoy.type.v3 import ratelimit_unit_pb2
 
 from bench.run import BENCH_TENANT, CHAT, Row, load, start_envoy
 from devstack import envoyconf
+from devstack.client import StackClient
 from devstack.processes import Proc
 from devstack.stack import Stack, StackConfig
-from tests.gateway_client import Gateway
 
 _D = ratelimit_pb2.RateLimitDescriptor
 BIG = 1_000_000_000
@@ -124,7 +124,7 @@ def main() -> None:
     stack = Stack(StackConfig(log_level="warning")).start()
     other: Proc | None = None
     try:
-        gw = Gateway(stack)
+        gw = StackClient(stack)
         tenant_id, _ = gw.tenant(allow_all=True, **BENCH_TENANT)
         created = gw.key(tenant_id)
         target = f"127.0.0.1:{stack.ports['ratelimit']}"

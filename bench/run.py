@@ -38,9 +38,9 @@ import psutil
 from bench import streams
 from bench.streams import StreamRun
 from devstack import envoyconf
+from devstack.client import StackClient
 from devstack.processes import Proc, envoy_argv, free_port
 from devstack.stack import SERVICES, Stack, StackConfig
-from tests.gateway_client import Gateway
 
 CHAT = {
     "model": "llama3.2",
@@ -390,7 +390,7 @@ def main() -> None:
     workers = {"NZ_WORKERS": str(args.workers)}
     stack = Stack(StackConfig(log_level="warning", extra_env=workers)).start()
     try:
-        gw = Gateway(stack)
+        gw = StackClient(stack)
 
         def bench_key() -> str:
             # A fresh tenant per target and scenario: the baselines without accounting never

@@ -14,17 +14,24 @@ touch them all on a Redis Cluster):
   reserved on, under which member), read by :func:`settle`; it lives ``RECORD_GRACE_S``
   longer than the reservation, so a late settlement still debits *used*.
 
-``<scope>`` is ``t`` for the tenant or ``k:<key_id>`` for a key. authz checks and reserves
-(see ``authz/admission.py``); accounting calls :func:`settle` with the real count.
+``<scope>`` is ``t`` for the tenant or ``k:<key_id>`` for a key. This module owns the layout:
+the key names, the ledger's sum (:func:`ledger_used`) and how *used* and *reserved* are read
+(:func:`read`); the Lua scripts that write it are ``gateway/lua/*.lua``, each with a header naming
+its KEYS, ARGV and return value. authz checks and reserves with :data:`ADMIT` (``admit.lua``,
+``authz/admission.py``); accounting calls :func:`settle` with the real count and renews leases
+(``gateway/leases.py``, ``renew.lua``); the admin API reports :func:`read` and :func:`ledger_used`
+(``authz/admin/budgets.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from importlib.resources import files
 
 import asyncpg
 import redis.asyncio as aioredis
+from asyncpg.pool import PoolConnectionProxy
 
 from gateway import periods
 from gateway.periods import Period
@@ -36,6 +43,16 @@ RESERVATION_TTL_S = 15
 # The reservation's record outlives the reservation by this much: a settlement that comes
 # after the reservation expired still finds which *used* counters to debit.
 RECORD_GRACE_S = 86400
+
+
+def lua(name: str) -> str:
+    """The source of ``gateway/lua/<name>`` (package data, shipped in the wheel)."""
+    return (files("gateway") / "lua" / name).read_text(encoding="utf-8")
+
+
+# The scripts that write the layout, read once at import.
+ADMIT = lua("admit.lua")  # check + reserve + slots: authz/admission.py
+_SETTLE = lua("settle.lua")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +78,14 @@ class Budget:
         return self._name("br", now)
 
 
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One budget's live counters in Redis."""
+
+    used: int | None  # None: the counter is missing (the next admission rebuilds it)
+    reserved: int  # tokens reserved by requests in flight
+
+
 def reservation_key(tenant_id: str, request_id: str) -> str:
     return f"nz:{{{tenant_id}}}:rsv:{request_id}"
 
@@ -78,31 +103,42 @@ SELECT COALESCE(SUM(tokens_in + tokens_out), 0)::bigint
    AND occurred_at >= $3 AND ($4::timestamptz IS NULL OR occurred_at < $4)
 """
 
+# Anything that runs a query: a pool, a connection, or a pool's connection.
+Queries = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
+
+
+async def ledger_used(db: Queries, budget: Budget, now: datetime) -> int:
+    """Tokens the ledger (``gateway.budget_ledger``, the source of truth) holds for ``budget``'s
+    period at ``now``: what its *used* counter is rebuilt from."""
+    begin = periods.start(budget.period, now)
+    end = periods.reset_at(budget.period, now)
+    return int(await db.fetchval(_LEDGER_SQL, budget.tenant_id, budget.key_id, begin, end))
+
 
 async def rebuild(redis: aioredis.Redis, db: asyncpg.Pool, budget: Budget, now: datetime) -> int:
     """Recreate a missing *used* counter from the Postgres ledger (never overwrites one)."""
-    begin = periods.start(budget.period, now)
-    end = periods.reset_at(budget.period, now)
-    used: int = await db.fetchval(_LEDGER_SQL, budget.tenant_id, budget.key_id, begin, end)
+    used = await ledger_used(db, budget, now)
     await redis.set(budget.used_key(now), used, nx=True, ex=counter_ttl_s(budget.period, now))
     return used
 
 
-_SETTLE = """
-local rec = redis.call('GET', KEYS[1])
-if not rec then return 0 end
-redis.call('DEL', KEYS[1])
-local r = cjson.decode(rec)
-local actual = tonumber(ARGV[1])
-local amount = tonumber(string.match(r.m, '|(%d+)$')) or 0
-for _, pair in ipairs(r.p) do
-  if redis.call('ZREM', pair[2], r.m) == 1 then redis.call('DECRBY', pair[2] .. ':sum', amount) end
-  if actual > 0 and redis.call('EXISTS', pair[1]) == 1 then
-    redis.call('INCRBY', pair[1], actual)
-  end
-end
-return 1
-"""
+def _amount(member: str) -> int:
+    """A reservation member's tokens: ``<request_id>|<tokens>``."""
+    return int(member.rsplit("|", 1)[-1] or 0)
+
+
+async def read(redis: aioredis.Redis, budget: Budget, now: datetime, clock: float) -> Reading:
+    """``budget``'s *used* counter (None when missing) and its *reserved* tokens, as admission
+    counts them (``admit.lua``): the ``:sum`` less what has expired by ``clock`` (epoch seconds),
+    which the next admission sweeps. Read only: nothing is swept here."""
+    reserved = budget.reserved_key(now)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.get(budget.used_key(now))
+        pipe.get(f"{reserved}:sum")
+        pipe.zrangebyscore(reserved, "-inf", clock)
+        used, total, expired = await pipe.execute()
+    live = int(total or 0) - sum(_amount(str(m)) for m in expired)
+    return Reading(None if used is None else int(used), live)
 
 
 async def settle(

@@ -1,4 +1,8 @@
-"""The endpoint allowlist: which paths a key may call, under which scope.
+"""The endpoint table: every path a key may call, and what the gateway must know about each.
+
+One row per endpoint, every consumer reads it: authz (scope, kind, which body field carries
+the output cap), the body rewrite (which field it caps, which streams must ask for usage),
+accounting (how a stream is framed, which frames it parses) and the audit log (known paths).
 
 An allowlist, not a blocklist: model management, blobs, account and cloud endpoints and every
 path Ollama adds in future are absent, so they get the generic 403.
@@ -23,32 +27,84 @@ class Kind(StrEnum):
     VERSION = "version"
 
 
+class Surface(StrEnum):
+    """The API family a path speaks: its error bodies, rate-limit headers and response frames.
+    ``openai`` is Ollama's compatibility layer under ``/v1/`` (OpenAI's shapes, and Anthropic's
+    on ``/v1/messages``); ``ollama`` its native ``/api/*``."""
+
+    OLLAMA = "ollama"
+    OPENAI = "openai"
+
+
+class Framing(StrEnum):
+    """How a streamed answer is framed."""
+
+    NDJSON = "ndjson"  # one JSON object a line (Ollama's native streams)
+    SSE = "sse"  # server-sent events, ``data: {...}`` (OpenAI's and Anthropic's streams)
+
+
+@dataclass(frozen=True, slots=True)
+class OutputCap:
+    """Where a request body carries the most tokens it may generate.
+
+    ``field`` is the one the backend obeys: the gateway sets it whenever it caps. ``aliases``
+    mean the same for the client's API and take precedence when the cap is read (OpenAI's
+    ``max_completion_tokens`` supersedes its ``max_tokens``); the gateway rewrites those
+    present to the same value, so the body is unambiguous. ``in_options``: a key of Ollama's
+    ``options`` map (matched exactly, as Go matches map keys), not a top-level field.
+    """
+
+    field: str
+    aliases: tuple[str, ...] = ()
+    in_options: bool = False
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """Every field that carries the cap, in the order a request's cap is read."""
+        return (*self.aliases, self.field)
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     method: str
     path: str
     scope: Scope
     kind: Kind
+    surface: Surface
+    output_cap: OutputCap | None = None  # None: generates no tokens (embeddings, listings)
+    framing: Framing | None = None  # how its stream is framed; None: never streams
+    usage_opt_in: bool = False  # a stream carries token counts only when asked for them
+    # (``stream_options.include_usage``): the gateway asks, and strips what the client did not
 
+
+_NUM_PREDICT = OutputCap("num_predict", in_options=True)
+_MAX_TOKENS = OutputCap("max_tokens")
+_CHAT_CAP = OutputCap("max_tokens", aliases=("max_completion_tokens",))
+_MAX_OUTPUT_TOKENS = OutputCap("max_output_tokens")
+_OLLAMA, _OPENAI = Surface.OLLAMA, Surface.OPENAI
+_NDJSON, _SSE = Framing.NDJSON, Framing.SSE
+_CHAT, _EMBED, _MODELS = Scope.CHAT, Scope.EMBEDDINGS, Scope.MODELS
+_INFER = Kind.INFERENCE
 
 _TABLE = [
-    Endpoint("POST", "/api/chat", Scope.CHAT, Kind.INFERENCE),
-    Endpoint("POST", "/api/generate", Scope.CHAT, Kind.INFERENCE),
-    Endpoint("POST", "/api/embed", Scope.EMBEDDINGS, Kind.INFERENCE),
-    Endpoint("POST", "/api/embeddings", Scope.EMBEDDINGS, Kind.INFERENCE),
-    Endpoint("GET", "/api/tags", Scope.MODELS, Kind.LISTING),
-    Endpoint("POST", "/api/show", Scope.MODELS, Kind.SHOW),
-    Endpoint("GET", "/api/ps", Scope.MODELS, Kind.LISTING),
-    Endpoint("GET", "/api/version", Scope.MODELS, Kind.VERSION),
-    Endpoint("POST", "/v1/chat/completions", Scope.CHAT, Kind.INFERENCE),
-    Endpoint("POST", "/v1/completions", Scope.CHAT, Kind.INFERENCE),
-    Endpoint("POST", "/v1/responses", Scope.CHAT, Kind.INFERENCE),
-    Endpoint("POST", "/v1/messages", Scope.CHAT, Kind.INFERENCE),
-    Endpoint("POST", "/v1/embeddings", Scope.EMBEDDINGS, Kind.INFERENCE),
-    Endpoint("GET", "/v1/models", Scope.MODELS, Kind.LISTING),
+    Endpoint("POST", "/api/chat", _CHAT, _INFER, _OLLAMA, _NUM_PREDICT, _NDJSON),
+    Endpoint("POST", "/api/generate", _CHAT, _INFER, _OLLAMA, _NUM_PREDICT, _NDJSON),
+    Endpoint("POST", "/api/embed", _EMBED, _INFER, _OLLAMA),
+    Endpoint("POST", "/api/embeddings", _EMBED, _INFER, _OLLAMA),
+    Endpoint("GET", "/api/tags", _MODELS, Kind.LISTING, _OLLAMA),
+    Endpoint("POST", "/api/show", _MODELS, Kind.SHOW, _OLLAMA),
+    Endpoint("GET", "/api/ps", _MODELS, Kind.LISTING, _OLLAMA),
+    Endpoint("GET", "/api/version", _MODELS, Kind.VERSION, _OLLAMA),
+    Endpoint("POST", "/v1/chat/completions", _CHAT, _INFER, _OPENAI, _CHAT_CAP, _SSE, True),
+    Endpoint("POST", "/v1/completions", _CHAT, _INFER, _OPENAI, _MAX_TOKENS, _SSE, True),
+    Endpoint("POST", "/v1/responses", _CHAT, _INFER, _OPENAI, _MAX_OUTPUT_TOKENS, _SSE),
+    Endpoint("POST", "/v1/messages", _CHAT, _INFER, _OPENAI, _MAX_TOKENS, _SSE),
+    Endpoint("POST", "/v1/embeddings", _EMBED, _INFER, _OPENAI),
+    Endpoint("GET", "/v1/models", _MODELS, Kind.LISTING, _OPENAI),
 ]
 ENDPOINTS: dict[tuple[str, str], Endpoint] = {(e.method, e.path): e for e in _TABLE}
-MODEL_DETAIL = Endpoint("GET", "/v1/models/{model}", Scope.MODELS, Kind.LISTING)
+_BY_PATH: dict[str, Endpoint] = {e.path: e for e in _TABLE}  # one method per path
+MODEL_DETAIL = Endpoint("GET", "/v1/models/{model}", _MODELS, Kind.LISTING, _OPENAI)
 
 
 def lookup(method: str, path: str) -> Endpoint | None:
@@ -59,3 +115,17 @@ def lookup(method: str, path: str) -> Endpoint | None:
     if method == "GET" and path.startswith("/v1/models/") and len(path) > len("/v1/models/"):
         return MODEL_DETAIL
     return None
+
+
+def for_path(path: str) -> Endpoint | None:
+    """The endpoint at a normalised ``path`` (what authz puts in its metadata), or None."""
+    return _BY_PATH.get(path)
+
+
+def surface(path: str) -> Surface:
+    """The API family of any path: the table's for an endpoint, else by prefix (``/v1`` is
+    OpenAI's), so a refused path still gets the error body of the API its client speaks."""
+    found = _BY_PATH.get(path)
+    if found is not None:
+        return found.surface
+    return _OPENAI if path == "/v1" or path.startswith("/v1/") else _OLLAMA

@@ -40,36 +40,7 @@ class Leases:
         return self.reservation_s + budgets.RECORD_GRACE_S
 
 
-# KEYS: the key's slots, the tenant's slots, the reservation record (one hash tag).
-# ARGV: request id, slot expiry, slot ttl (s), reservation expiry, reservation ttl (s),
-# record ttl (s).
-# A member is re-scored only where it still is (ZADD XX): nothing released comes back.
-_RENEW = """
-local rid = ARGV[1]
-local function keep(key, ttl)
-  local left = redis.call('TTL', key)
-  if left >= 0 and left < ttl then redis.call('EXPIRE', key, ttl) end
-end
-for i = 1, 2 do
-  if redis.call('ZSCORE', KEYS[i], rid) then
-    redis.call('ZADD', KEYS[i], 'XX', ARGV[2], rid)
-    keep(KEYS[i], tonumber(ARGV[3]))
-  end
-end
-local rec = redis.call('GET', KEYS[3])
-if not rec then return 0 end
-local r = cjson.decode(rec)
-local ttl = tonumber(ARGV[5])
-for _, pair in ipairs(r.p) do
-  if redis.call('ZSCORE', pair[2], r.m) then
-    redis.call('ZADD', pair[2], 'XX', ARGV[4], r.m)
-    keep(pair[2], ttl)
-    keep(pair[2] .. ':sum', ttl)
-  end
-end
-keep(KEYS[3], tonumber(ARGV[6]))
-return 1
-"""
+_RENEW = budgets.lua("renew.lua")  # KEYS, ARGV and what it returns: its header
 
 
 async def renew_all(

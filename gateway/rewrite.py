@@ -4,12 +4,14 @@ authz decides which requests need one (:func:`apply` on the body it parsed: it m
 ``rewrite`` in its metadata, and only those take Envoy's mutating ext_proc round trip);
 accounting does it (:func:`rewrite` on the buffered body). One set of rules for both.
 
-* An OpenAI stream without ``stream_options.include_usage`` gets it (the backend then sends
-  the counts); the caller must drop the extra usage chunk from the client's stream.
+* A stream of an endpoint whose counts are opt-in (:mod:`gateway.endpoints`: ``usage_opt_in``)
+  without ``stream_options.include_usage`` gets it (the backend then sends the counts); the
+  caller must drop the extra usage chunk from the client's stream.
 * ``keep_alive`` is clamped into the tenant's ``[min, max]`` seconds: ``keep_alive: 0`` would
   unload a model other tenants share, ``-1`` would pin it forever.
-* The output cap authz reserved budget for is applied when the request sets none or a larger
-  one, so the reservation is a true upper bound.
+* The output cap authz reserved budget for is applied, in the endpoint's cap field
+  (:mod:`gateway.endpoints`: ``output_cap``), when the request sets none or a larger one, so
+  the reservation is a true upper bound.
 
 Fields are read and written as Ollama's Go decoder matches them (:mod:`gateway.gojson`): a
 ``"Keep_Alive"`` is clamped like ``"keep_alive"`` and leaves under the canonical spelling.
@@ -23,9 +25,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import gojson
+from gateway import endpoints, gojson
+from gateway.endpoints import Endpoint, OutputCap
 
-_USAGE_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions"})
 _DURATION = re.compile(r"(-?\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -94,47 +96,38 @@ def _positive(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 
-def _cap(container: dict[str, Any], field: str, cap: int, exact: bool = False) -> bool:
-    """Set ``field`` to ``cap`` when absent, non-positive or larger (``exact``: a key of a
-    map such as ``options``, which Go matches exactly; otherwise a struct field). Another
-    spelling of ``field`` goes: Ollama ignores it in a map, and the body stays unambiguous."""
-    value: Any = container.get(field) if exact else gojson.field(container, field)
-    if _positive(value) and value <= cap:
-        return False
-    gojson.put(container, field, cap)
-    return True
+def _read(container: dict[str, Any], name: str, exact: bool) -> Any:
+    return container.get(name) if exact else gojson.field(container, name)
 
 
-def _apply_cap(body: dict[str, Any], endpoint: str, cap: int) -> bool:
-    if cap <= 0:
+def _apply_cap(body: dict[str, Any], spec: OutputCap | None, cap: int) -> bool:
+    """Set the field the backend obeys (``spec.field``, :mod:`gateway.endpoints`) to the
+    smaller of ``cap`` and what the request asks in any of its cap fields, and every other cap
+    field present to the same value: the backend gets one consistent limit. A field is a key
+    of a map such as ``options`` (``in_options``: Go matches it exactly) or a struct field;
+    another spelling of it goes (Ollama ignores it in a map, and the body stays unambiguous)."""
+    if cap <= 0 or spec is None:
         return False
-    if endpoint in ("/api/chat", "/api/generate"):
+    container = body
+    if spec.in_options:
         options = gojson.field(body, "options")
-        if not isinstance(options, dict):
-            options = {}
-        gojson.put(body, "options", options)
-        return _cap(options, "num_predict", cap, exact=True)
-    if endpoint in ("/v1/chat/completions", "/v1/completions"):
-        # Either field may carry the client's limit; the backend gets one consistent value.
-        fields = ("max_tokens", "max_completion_tokens")
-        asked = [v for v in (gojson.field(body, f) for f in fields) if _positive(v)]
-        target = min([cap, *asked])
-        changed = False
-        for name in fields:
-            present = gojson.key_of(body, name)
-            if (name == "max_tokens" or present) and gojson.field(body, name) != target:
-                gojson.put(body, name, target)
-                changed = True
-        return changed
-    if endpoint == "/v1/responses":
-        return _cap(body, "max_output_tokens", cap)
-    if endpoint == "/v1/messages":
-        return _cap(body, "max_tokens", cap)
-    return False
+        container = options if isinstance(options, dict) else {}
+        gojson.put(body, "options", container)
+    exact = spec.in_options
+    asked = [v for v in (_read(container, f, exact) for f in spec.fields) if _positive(v)]
+    target = min([cap, *asked])
+    changed = False
+    for name in (spec.field, *spec.aliases):
+        current = _read(container, name, exact)
+        present = name in container if exact else gojson.key_of(container, name) is not None
+        if (name == spec.field or present) and not (_positive(current) and current == target):
+            gojson.put(container, name, target)
+            changed = True
+    return changed
 
 
-def _ask_for_usage(body: dict[str, Any], limits: Limits) -> bool:
-    if limits.endpoint not in _USAGE_ENDPOINTS or gojson.field(body, "stream") is not True:
+def _ask_for_usage(body: dict[str, Any], endpoint: Endpoint | None) -> bool:
+    if endpoint is None or not endpoint.usage_opt_in or gojson.field(body, "stream") is not True:
         return False
     options = gojson.field(body, "stream_options")
     if isinstance(options, dict) and gojson.field(options, "include_usage") is True:
@@ -153,8 +146,9 @@ class Changes:
 
 def apply(body: dict[str, Any], limits: Limits) -> Changes:
     """Rewrite a parsed body in place; what changed."""
-    strip_usage = _ask_for_usage(body, limits)
-    capped = _apply_cap(body, limits.endpoint, limits.max_tokens)
+    endpoint = endpoints.for_path(limits.endpoint)
+    strip_usage = _ask_for_usage(body, endpoint)
+    capped = _apply_cap(body, endpoint.output_cap if endpoint else None, limits.max_tokens)
     clamped = _clamp_keep_alive(body, limits.keep_alive_min_s, limits.keep_alive_max_s)
     return Changes(strip_usage or capped or clamped, strip_usage)
 

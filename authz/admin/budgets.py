@@ -3,13 +3,15 @@ reserved by requests in flight, and what remains — the numbers authz's admissi
 
 Budgets count tokens in + out. A key's own budget and its tenant's budget both apply; a key
 without its own budget for a period runs under the tenant's alone (see
-``authz.admission.budgets_for``). ``used`` is the live Redis counter (``gateway.budgets``
-layout) when it exists, else the ledger's sum (``gateway.budget_ledger``, the source of
-truth the counters are rebuilt from); ``reserved`` sums the live reservations.
+``authz.admission.budgets_for``). Both numbers are read as admission reads them, by
+``gateway.budgets`` (the owner of the layout): ``used`` is the live Redis counter when it
+exists, else the ledger's sum (``budgets.ledger_used``, what the counter is rebuilt from);
+``reserved`` is the live reservations' total (``budgets.read``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -18,18 +20,12 @@ import redis.asyncio as aioredis
 
 from authz.admin.records import KeyRecord, TenantRecord
 from authz.provisioning import Connection
-from gateway import periods
+from gateway import budgets, periods
 from gateway.budgets import Budget
 from gateway.periods import Period
 from gateway.storeerrors import REDIS_ERRORS
 
 PERIODS = (Period.DAILY, Period.MONTHLY, Period.TOTAL)
-_USED_SQL = {
-    "tenant_id": "SELECT COALESCE(sum(tokens_in + tokens_out), 0)::bigint"
-    " FROM gateway.budget_ledger WHERE tenant_id = $1::uuid AND occurred_at >= $2",
-    "key_id": "SELECT COALESCE(sum(tokens_in + tokens_out), 0)::bigint"
-    " FROM gateway.budget_ledger WHERE key_id = $1::uuid AND occurred_at >= $2",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,22 +53,13 @@ class Counters:
 
     async def usage(self, budget: Budget) -> tuple[int, int]:
         """(used, reserved) for one budget's current period."""
-        since = periods.start(budget.period, self.now)
-        if budget.key_id is None:
-            ledger = await self.conn.fetchval(_USED_SQL["tenant_id"], budget.tenant_id, since)
-        else:
-            ledger = await self.conn.fetchval(_USED_SQL["key_id"], budget.key_id, since)
-        if self.redis is None:
-            return int(ledger), 0
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.get(budget.used_key(self.now))
-                pipe.zrangebyscore(budget.reserved_key(self.now), time.time(), "+inf")
-                live, members = await pipe.execute()
-        except REDIS_ERRORS:
-            return int(ledger), 0  # a report, not a decision: the ledger will do
-        reserved = sum(int(str(m).rsplit("|", 1)[-1] or 0) for m in members)
-        return (int(live) if live is not None else int(ledger)), reserved
+        live = budgets.Reading(used=None, reserved=0)
+        if self.redis is not None:
+            with contextlib.suppress(*REDIS_ERRORS):  # a report, not a decision: the ledger will do
+                live = await budgets.read(self.redis, budget, self.now, time.time())
+        if live.used is None:
+            return await budgets.ledger_used(self.conn, budget, self.now), live.reserved
+        return live.used, live.reserved
 
 
 def _status(

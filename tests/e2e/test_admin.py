@@ -506,7 +506,7 @@ def test_budgets_set_and_remaining(gw: Gateway, admin: Grpcurl) -> None:
     assert (daily["limit"], daily["source"]) == ("100000", "tenant")
 
 
-# The mock's installed models (devstack/mock_ollama.py), written out: three local, one cloud.
+# The mock's installed models (devstack/mock_ollama/models.py), written out: three local, one cloud.
 MOCK_LOCAL = ["llama3.2:latest", "nomic-embed-text:latest", "qwen2.5:0.5b"]
 MOCK_CLOUD = "gpt-oss:20b-cloud"
 

@@ -221,6 +221,8 @@ def test_settle_is_idempotent_and_a_missing_reservation_is_a_no_op(gw: Gateway) 
         json.dumps({"m": f"{request_id}|50", "p": [[used_key, reserved_key]]}),
     )
     assert remaining(chat(gw, who)) == 1_000 - 100 - 50
+    # That probe's own reservation settles (accounting) before ours is settled below.
+    poll(lambda: client.zcard(reserved_key) == 1, timeout_s=5)
 
     async def settle_twice() -> None:
         import redis.asyncio as aioredis

@@ -61,7 +61,7 @@ def pulled(gw: Gateway) -> Iterator[list[str]]:
 
 
 ALL = "all"
-# The mock's installed models (devstack/mock_ollama.py), written out: three local, one cloud.
+# The mock's installed models (devstack/mock_ollama/models.py), written out: three local, one cloud.
 LOCAL = {"llama3.2:latest", "qwen2.5:0.5b", "nomic-embed-text:latest"}
 CLOUD = "gpt-oss:20b-cloud"
 

@@ -196,6 +196,16 @@ def test_help_and_generated_admin_stubs_work_from_root(installed: Installed) -> 
     assert service == "neuronetz.admin.v1.AdminService"
 
 
+def test_the_wheel_carries_the_redis_scripts(installed: Installed) -> None:
+    """The Lua scripts are package data: the budget store's and the RLS window's."""
+    listed = installed.python(
+        "from importlib.resources import files; import gateway.budgets, gateway.leases;"
+        " print(*sorted(p.name for p in (files('gateway') / 'lua').iterdir()),"
+        " (files('ratelimit') / 'window.lua').name)"
+    )
+    assert listed == "admit.lua renew.lua settle.lua window.lua"
+
+
 def test_the_services_and_the_cli_never_import_the_local_stack(installed: Installed) -> None:
     loaded = installed.python(
         "import sys, authz.main, ratelimit.main, accounting.main, gateway.cli;"

@@ -20,6 +20,7 @@ from authz.principal import Limits, Principal
 from authz.request import AuthzRequest
 from gateway.endpoints import lookup
 from gateway.periods import Period
+from gateway.requestmeta import RequestMeta
 from gateway.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,7 +146,7 @@ def test_limits_inherit_from_the_tenant_when_the_key_leaves_them_null() -> None:
     assert who.limit("requests_per_minute") == 5
     assert who.limit("tokens_per_minute") == 1000
     assert who.limit("max_concurrent") is None
-    assert rate_overrides(who) == {
+    assert RequestMeta(rl=rate_overrides(who)).to_metadata()["rl"] == {
         "key_rpm": {"requests_per_unit": 5, "unit": "MINUTE"},
         "tenant_rpm": {"requests_per_unit": 50, "unit": "MINUTE"},
         "key_tpm": {"requests_per_unit": 1000, "unit": "MINUTE"},
