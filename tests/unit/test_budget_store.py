@@ -21,7 +21,6 @@ import redis.asyncio as aioredis
 
 from authz.admission import Admitter, Outcome
 from authz.principal import Limits, Principal
-from devstack.processes import free_port
 from gateway import budgets, leases
 from gateway.budgets import Budget
 from gateway.leases import Leases
@@ -75,19 +74,6 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         await client.aclose()
 
 
-@pytest.fixture
-async def no_ledger() -> AsyncIterator[asyncpg.Pool]:
-    """A pool to a port nothing listens on: a test that reaches the ledger fails (503)."""
-    pool = await asyncpg.create_pool(
-        f"postgresql://nz@127.0.0.1:{free_port()}/nz", min_size=0, max_size=1, timeout=1
-    )
-    assert pool is not None
-    try:
-        yield pool
-    finally:
-        await pool.close()
-
-
 def _principal(daily: int) -> Principal:
     return Principal(
         key_id=str(uuid.uuid4()),
@@ -118,11 +104,11 @@ async def _used(redis: aioredis.Redis, who: Principal, tokens: int) -> Budget:
 
 
 async def test_read_sees_what_admission_reserved_and_settlement_turns_it_into_use(
-    redis: aioredis.Redis, no_ledger: asyncpg.Pool
+    redis: aioredis.Redis, no_postgres: asyncpg.Pool
 ) -> None:
     who = _principal(daily=1000)
     budget = await _used(redis, who, 100)
-    admitter = Admitter(redis, no_ledger)
+    admitter = Admitter(redis, no_postgres)
     first = await admitter.admit(who, "r1", 300, take=True)
     assert (first.outcome, first.remaining, first.reserved) == (Outcome.OK, 900, 300)
     second = await admitter.admit(who, "r2", 800, take=True)  # 600 left: 600 reserved
@@ -141,12 +127,12 @@ async def test_read_sees_what_admission_reserved_and_settlement_turns_it_into_us
 
 
 async def test_an_expired_reservation_is_read_as_admission_counts_it_and_renewal_keeps_one(
-    redis: aioredis.Redis, no_ledger: asyncpg.Pool
+    redis: aioredis.Redis, no_postgres: asyncpg.Pool
 ) -> None:
     who = _principal(daily=1000)
     budget = await _used(redis, who, 0)
     short = Leases(slot_s=1, reservation_s=1)
-    admitter = Admitter(redis, no_ledger, short)
+    admitter = Admitter(redis, no_postgres, short)
     assert (await admitter.admit(who, "lapses", 200, take=True)).reserved == 200
     assert (await admitter.admit(who, "renewed", 300, take=True)).reserved == 300
     await leases.renew_all(

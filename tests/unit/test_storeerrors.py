@@ -29,19 +29,6 @@ async def no_redis() -> AsyncIterator[aioredis.Redis]:
         await client.aclose()
 
 
-@pytest.fixture
-async def no_postgres() -> AsyncIterator[asyncpg.Pool]:
-    # min_size 0: the pool connects at its first query, which is refused.
-    pool = await asyncpg.create_pool(
-        f"postgresql://nz@127.0.0.1:{free_port()}/nz", min_size=0, max_size=1, timeout=1
-    )
-    assert pool is not None
-    try:
-        yield pool
-    finally:
-        await pool.close()
-
-
 def _keys(pool: asyncpg.Pool, redis: aioredis.Redis) -> KeyStore:
     return KeyStore(pool, redis, apikeys.hasher(time_cost=1, memory_kib=8), 5.0)
 
