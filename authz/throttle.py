@@ -1,9 +1,9 @@
 """Keys the RLS is refusing, refused by authz before their bodies are read.
 
 The RLS announces every refusal of a key's or a tenant's requests/min or tokens/min on the
-Redis channel ``nz:throttled`` (:mod:`ratelimit.announce`). Every authz replica keeps what it
-heard in memory, window → until when, and :meth:`Throttles.refusal` answers the key's next
-requests with the RLS's 429 (``Retry-After``, Envoy's ``X-RateLimit-*``, on ``/v1/*``
+Redis channel ``nz:throttled`` (the contract: :mod:`gateway.throttlemap`). Every authz replica
+keeps what it heard in memory, window → until when, and :meth:`Throttles.refusal` answers the
+key's next requests with the RLS's 429 (``Retry-After``, Envoy's ``X-RateLimit-*``, on ``/v1/*``
 OpenAI's headers, the surface's body) right after the key and endpoint checks: no body
 parsed, no budget, no Redis round trip beyond the deny-mode check every refusal makes.
 
@@ -32,10 +32,8 @@ from prometheus_client import Counter
 
 from authz.decision import Reply
 from authz.principal import Principal
-from gateway import logs
-from ratelimit import announce, replies
-from ratelimit.descriptors import Limit, Unit
-from ratelimit.status import Status
+from gateway import logs, ratelimitreplies, throttlemap
+from gateway.rls import Limit, Status, Unit
 
 SLACK_S = 0.1  # authz stops refusing this long before the RLS's window has room
 PING_S = 1.0  # liveness of the subscription
@@ -66,15 +64,15 @@ class _Throttle:
 
 
 # The gateway's own windows, whose limits authz sends the RLS (``rl`` in its metadata).
-WINDOWS = (*announce.KEY_LIMITS, *announce.TENANT_LIMITS)
+WINDOWS = (*throttlemap.KEY_LIMITS, *throttlemap.TENANT_LIMITS)
 
 
 def own_limit(principal: Principal, window: str) -> int | None:
     """The principal's limit for ``window`` (``key_rpm``, ``tenant_tpm``, …): the key's own
     (the tenant's when the key sets none) or the tenant's; None when there is none."""
-    if window in announce.KEY_LIMITS:
-        return principal.limit(announce.KEY_LIMITS[window])
-    value: int | None = getattr(principal.tenant_limits, announce.TENANT_LIMITS[window])
+    if window in throttlemap.KEY_LIMITS:
+        return principal.limit(throttlemap.KEY_LIMITS[window])
+    value: int | None = getattr(principal.tenant_limits, throttlemap.TENANT_LIMITS[window])
     return value
 
 
@@ -135,7 +133,7 @@ class Throttles:
         """Take in one announcement; a malformed one is ignored (and logged)."""
         try:
             data = json.loads(text)
-            if data.get("v") != announce.VERSION:
+            if data.get("v") != throttlemap.VERSION:
                 return
             tenant_id, key_id = str(data["tenant_id"]), str(data["key_id"])
             statuses = tuple(_snapshot(s) for s in data["statuses"])
@@ -155,7 +153,7 @@ class Throttles:
             if name not in WINDOWS:
                 continue
             until = now + retry_ms / 1000 - late_s
-            ident = (name, announce.subject(name, tenant_id, key_id))
+            ident = (name, throttlemap.subject(name, tenant_id, key_id))
             if not ident[1]:
                 continue
             known = self._map.get(ident)
@@ -170,7 +168,7 @@ class Throttles:
         now = self._clock()
         found: _Throttle | None = None
         for name in WINDOWS:
-            ident = (name, announce.subject(name, principal.tenant_id, principal.key_id))
+            ident = (name, throttlemap.subject(name, principal.tenant_id, principal.key_id))
             throttle = self._map.get(ident)
             if throttle is None:
                 continue
@@ -197,7 +195,7 @@ class Throttles:
         elapsed_ms = int((now - throttle.heard) * 1000)
         statuses: list[Status] = []
         for snap in throttle.statuses:
-            if snap.name in announce.KEY_LIMITS and snap.key_id != principal.key_id:
+            if snap.name in throttlemap.KEY_LIMITS and snap.key_id != principal.key_id:
                 # Another key of the tenant was refused: of this key's window the
                 # announcement knows only its limit.
                 own = own_limit(principal, snap.name)
@@ -213,9 +211,11 @@ class Throttles:
         retry_ms = max(1, math.ceil((throttle.until - now) * 1000))
         if not any(s.over for s in statuses):
             statuses.append(Status(over=True, retry_ms=retry_ms))
-        headers = replies.headers(statuses, surface, rejected=True)
-        headers.update(replies.envoy_headers(statuses))
-        return Reply(status=429, body=replies.body(surface), headers=headers, metadata=metadata)
+        headers = ratelimitreplies.headers(statuses, surface, rejected=True)
+        headers.update(ratelimitreplies.envoy_headers(statuses))
+        return Reply(
+            status=429, body=ratelimitreplies.body(surface), headers=headers, metadata=metadata
+        )
 
 
 class Subscriber:
@@ -243,7 +243,7 @@ class Subscriber:
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 async with asyncio.timeout(max(self._timeout, 1.0)):
-                    await pubsub.subscribe(announce.CHANNEL)
+                    await pubsub.subscribe(throttlemap.CHANNEL)
                 self.connected.set()
                 heard = pinged = time.monotonic()
                 while True:

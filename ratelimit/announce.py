@@ -37,18 +37,20 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from gateway import logs
+from gateway.rls import RateLimitRequest
 from gateway.storeerrors import REDIS_ERRORS
+from gateway.throttlemap import (
+    CHANNEL,
+    KEY_ID_ENTRY,
+    KEY_LIMITS,
+    LIMIT_ENTRY,
+    TENANT_LIMITS,
+    VERSION,
+    subject,
+)
 from ratelimit import metrics
 from ratelimit.decide import TENANT_ID_ENTRY, Decision
-from ratelimit.descriptors import RateLimitRequest
 
-CHANNEL = "nz:throttled"
-VERSION = 1
-LIMIT_ENTRY = "limit"  # the descriptor entry naming a gateway limit (docs/RATE_LIMITS.md)
-KEY_ID_ENTRY = "key_id"
-# The gateway's own limits: window name → (who it belongs to, what authz's override is).
-KEY_LIMITS = {"key_rpm": "requests_per_minute", "key_tpm": "tokens_per_minute"}
-TENANT_LIMITS = {"tenant_rpm": "requests_per_minute", "tenant_tpm": "tokens_per_minute"}
 # One announcement per window and limit per this long at most: replicas that missed one (a
 # reconnect, a new replica) learn it again while the RLS keeps refusing.
 REPEAT_S = 1.0
@@ -111,11 +113,6 @@ def message(request: RateLimitRequest, decision: Decision, at_ms: int) -> dict[s
         "throttled": throttled,
         "statuses": statuses,
     }
-
-
-def subject(name: str, tenant_id: str, key_id: str) -> str:
-    """Whose window ``name`` is: the key's id for ``key_*``, the tenant's for ``tenant_*``."""
-    return key_id if name in KEY_LIMITS else tenant_id
 
 
 class Announcer:

@@ -32,7 +32,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ratelimit.descriptors import Entry, Limit, Unit
+from gateway.rls import Entry, Limit, Unit
 
 DEFAULT_PATH: Traversable = files("ratelimit") / "limits.yaml"  # shipped as package data
 Quota = Literal["requests", "tokens"]

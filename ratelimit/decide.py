@@ -21,10 +21,9 @@ from functools import lru_cache
 from typing import get_args
 from urllib.parse import quote
 
-from ratelimit import replies
+from gateway import ratelimitreplies
+from gateway.rls import Descriptor, Entry, Limit, RateLimitRequest, Status
 from ratelimit.config import Match, Quota, StaticConfig
-from ratelimit.descriptors import Descriptor, Entry, Limit, RateLimitRequest
-from ratelimit.status import Status
 from ratelimit.windows import Hit, Mode, Windows
 
 # Descriptor entries with a meaning for the RLS beyond counting (see docs/RATE_LIMITS.md).
@@ -144,13 +143,13 @@ class Decider:
             )
 
         surface = _entry(request, SURFACE_ENTRY) or ""
-        headers = replies.headers(statuses, surface, rejected)
+        headers = ratelimitreplies.headers(statuses, surface, rejected)
         return Decision(
             over=rejected,
             statuses=statuses,
             tenant=tenant_of(request),
             response_headers=headers,
-            body=replies.body(surface) if rejected else b"",
+            body=ratelimitreplies.body(surface) if rejected else b"",
         )
 
 

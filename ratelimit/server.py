@@ -13,11 +13,11 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from envoy.type.v3 import ratelimit_unit_pb2
 
 from gateway import logs
+from gateway.rls import Descriptor, Limit, RateLimitRequest, Unit
 from gateway.storeerrors import StoreUnavailable
 from ratelimit import metrics
 from ratelimit.announce import Announcer
 from ratelimit.decide import Decider, Decision, tenant_of
-from ratelimit.descriptors import Descriptor, Limit, RateLimitRequest, Unit
 
 SERVICE_NAME = "envoy.service.ratelimit.v3.RateLimitService"
 _log = logs.get("ratelimit")

@@ -15,7 +15,7 @@ import httpx
 import redis
 
 from authz import provisioning
-from ratelimit import announce
+from gateway import throttlemap
 from tests.e2e.test_ratelimit import CHAT, OPENAI_CHAT
 from tests.gateway_client import Gateway
 
@@ -182,7 +182,7 @@ def test_a_dropped_subscription_forgets_and_the_rls_refuses_until_it_announces_a
     r = redis.Redis.from_url(gw.stack.redis_url, decode_responses=True)
     assert r.client_kill_filter(_type="pubsub") >= 1  # authz's subscription, cut by the server
     deadline = time.monotonic() + 5
-    while dict(r.pubsub_numsub(announce.CHANNEL)).get(announce.CHANNEL, 0) < 1:
+    while dict(r.pubsub_numsub(throttlemap.CHANNEL)).get(throttlemap.CHANNEL, 0) < 1:
         assert time.monotonic() < deadline, "authz did not subscribe again"
         time.sleep(0.02)
     # Back, but it forgot what it heard before: the RLS refuses (and announces again).

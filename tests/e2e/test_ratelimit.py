@@ -24,8 +24,8 @@ from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from envoy.type.v3 import ratelimit_unit_pb2
 
+from gateway.rls import Descriptor
 from ratelimit.decide import window_key
-from ratelimit.descriptors import Descriptor
 from tests.gateway_client import Gateway
 
 CHAT = {

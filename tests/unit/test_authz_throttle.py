@@ -8,10 +8,9 @@ from typing import Any
 
 from authz.principal import Limits, Principal
 from authz.throttle import SLACK_S, Throttles
+from gateway.rls import Descriptor, Limit, RateLimitRequest, Status, Unit
 from ratelimit.announce import message
 from ratelimit.decide import Decision
-from ratelimit.descriptors import Descriptor, Limit, RateLimitRequest, Unit
-from ratelimit.status import Status
 
 NO_LIMITS = Limits(None, None, None, None, None, None)
 WALL = 1_000_000.0  # seconds since the epoch, for both clocks of the tests

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from authz import throttle
 from authz.throttle import Subscriber, Throttles
-from ratelimit.announce import CHANNEL
+from gateway.throttlemap import CHANNEL
 from tests.unit.test_authz_throttle import principal
 
 PING_S = 0.1  # the subscription's liveness period in this test (1 s in the service)

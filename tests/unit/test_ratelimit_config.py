@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.rls import Limit, Unit
 from ratelimit import config
-from ratelimit.descriptors import Limit, Unit
 
 YAML = """
 domains:

@@ -8,11 +8,10 @@ from envoy.service.ratelimit.v3 import rls_pb2
 from envoy.type.v3 import ratelimit_unit_pb2
 from google.protobuf import wrappers_pb2
 
+from gateway.rls import Descriptor, Limit, Status, Unit
 from ratelimit import config
 from ratelimit.decide import Decision, window_key
-from ratelimit.descriptors import Descriptor, Limit, Unit
 from ratelimit.server import to_request, to_response
-from ratelimit.status import Status
 
 _D = ratelimit_pb2.RateLimitDescriptor
 _ENTRIES = [_D.Entry(key="limit", value="key_rpm"), _D.Entry(key="key_id", value="k1")]

@@ -7,11 +7,10 @@ from envoy.service.ratelimit.v3 import rls_pb2
 from envoy.type.v3 import ratelimit_unit_pb2
 from google.protobuf import wrappers_pb2
 
+from gateway.ratelimitreplies import openai_duration
+from gateway.rls import Descriptor, Limit, RateLimitRequest, Status, Unit
 from ratelimit.decide import Decision
-from ratelimit.descriptors import Descriptor, Limit, RateLimitRequest, Unit
-from ratelimit.replies import openai_duration
 from ratelimit.server import to_request, to_response
-from ratelimit.status import Status
 
 _D = ratelimit_pb2.RateLimitDescriptor
 _R = rls_pb2.RateLimitResponse

@@ -11,11 +11,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from devstack.processes import Proc, free_port, redis_server_bin
+from gateway.rls import Descriptor, Limit, RateLimitRequest, Unit
 from gateway.storage import redis_client
 from gateway.storeerrors import StoreUnavailable
 from ratelimit import config
 from ratelimit.decide import Decider, window_key
-from ratelimit.descriptors import Descriptor, Limit, RateLimitRequest, Unit
 from ratelimit.windows import Windows
 
 T0 = 1_800_000_000_000  # ms

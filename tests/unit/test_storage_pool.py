@@ -11,10 +11,10 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from devstack.processes import free_port
+from gateway.rls import Descriptor, Limit, RateLimitRequest, Unit
 from gateway.storage import MAX_CONNECTIONS, redis_client
 from ratelimit import config
 from ratelimit.decide import Decider
-from ratelimit.descriptors import Descriptor, Limit, RateLimitRequest, Unit
 from ratelimit.windows import Windows
 
 BURST = 3 * MAX_CONNECTIONS

@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 
 from gateway.errorbodies import error_body  # the one shape of error bodies per surface
-from ratelimit.status import Status
+from gateway.rls import Status
 
 OPENAI = "openai"
 

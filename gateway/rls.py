@@ -1,4 +1,7 @@
-"""The typed request the RLS decides on, built from Envoy's ``RateLimitRequest`` at the edge."""
+"""The RLS's request and answer, typed: descriptors with their limits, and what the RLS says
+about each (Envoy's ``RateLimitRequest`` and ``DescriptorStatus`` without protobuf). Shared by
+the RLS, which decides, and authz, which answers the RLS's refusals on its behalf
+(authz/throttle.py)."""
 
 from __future__ import annotations
 
@@ -65,3 +68,15 @@ class RateLimitRequest:
     domain: str
     descriptors: tuple[Descriptor, ...]
     hits_addend: int = 0  # request level; 0 (unset) counts as 1
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    over: bool
+    limit: Limit | None = None
+    remaining: int = 0
+    reset_ms: int = 0  # until the window is empty
+    retry_ms: int = 0  # over only: until the same hit would fit
+    shadow_over: bool = False
+    near: bool = False
+    quota: str | None = None  # "requests" | "tokens": which OpenAI headers report it
