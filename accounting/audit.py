@@ -26,8 +26,8 @@ import asyncpg
 from accounting import pgwrite
 from accounting.outcomes import RecentOutcomes
 from gateway import endpoints
+from gateway.requestmeta import NAMESPACE as AUTHZ_NAMESPACE
 
-AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
 # A stream Envoy logged as ended short is read this much longer before it is accounted as
 # cut (accounting/server.py); its audit row waits for that outcome a second more.
 CUT_GRACE_S = 1.0

@@ -16,9 +16,9 @@ import redis.asyncio as aioredis
 from prometheus_client import Gauge
 
 from gateway import logs
+from gateway.signals import DENY_MODE_KEY
 from gateway.storeerrors import REDIS_ERRORS
 
-DENY_MODE_KEY = "nz:deny_mode"
 DENY_MODE = Gauge(
     "accounting_deny_mode", "1 while the gateway is in deny mode", multiprocess_mode="max"
 )

@@ -17,7 +17,7 @@ from accounting import audit, ledger, promptlog, server, spool
 from accounting.audit import AccessEntry, AuditRow, AuditRows
 from accounting.batches import Batcher
 from accounting.denials import DenialTally, unauthenticated
-from accounting.denymode import DENY_MODE_KEY, DenyMode
+from accounting.denymode import DenyMode
 from accounting.inflight import InFlight, instance_name
 from accounting.ledger import LedgerRow
 from accounting.outcomes import RecentOutcomes
@@ -27,7 +27,9 @@ from accounting.settle import Settler
 from accounting.stream import RequestInfo
 from gateway import auditparts, grpcserver, logs, metrics
 from gateway.leases import Leases
+from gateway.requestmeta import NAMESPACE as AUTHZ_NAMESPACE
 from gateway.settings import Settings, reach
+from gateway.signals import DENY_MODE_KEY
 from gateway.storage import pg_pool, redis_client
 from gateway.storeerrors import POSTGRES_ERRORS, REDIS_ERRORS
 
@@ -135,9 +137,7 @@ async def run(cfg: Settings) -> None:
             audit_rows.add(row)
         if audit.refused_after_admission(entry):
             settler.give_back(
-                RequestInfo.from_metadata(
-                    entry.request_id, entry.metadata.get(audit.AUTHZ_NAMESPACE, {})
-                )
+                RequestInfo.from_metadata(entry.request_id, entry.metadata.get(AUTHZ_NAMESPACE, {}))
             )
 
     tasks = [

@@ -22,9 +22,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from prometheus_client import Counter
 
-from accounting.audit import AUTHZ_NAMESPACE, CUT_GRACE_S, AccessEntry
+from accounting.audit import CUT_GRACE_S, AccessEntry
 from accounting.stream import Outcome, RequestInfo, StreamAccount
 from gateway import logs
+from gateway.requestmeta import NAMESPACE as AUTHZ_NAMESPACE
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 ACCESS_LOG_SERVICE = "envoy.service.accesslog.v3.AccessLogService"

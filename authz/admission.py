@@ -25,9 +25,9 @@ from gateway import budgets, periods, slots
 from gateway.budgets import Budget
 from gateway.leases import Leases
 from gateway.periods import Period
+from gateway.signals import DENY_MODE_KEY
 from gateway.storeerrors import STORE_ERRORS, StoreUnavailable
 
-DENY_MODE_KEY = "nz:deny_mode"
 _BUDGET_FIELDS = (
     (Period.DAILY, "budget_daily"),
     (Period.MONTHLY, "budget_monthly"),

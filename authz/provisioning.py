@@ -24,6 +24,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from authz import fields
 from gateway import apikeys
+from gateway.signals import KEY_CHANGED_CHANNEL, KEY_REVOKED_CHANNEL
 
 TENANT_LIMIT_COLUMNS = (
     "requests_per_minute",
@@ -49,10 +50,9 @@ _TENANT_DEFAULTED = frozenset(
 TENANT_COLUMNS = ("allow_all", "allowed_models", "allow_cloud")
 KEY_COLUMNS = ("name", "scopes", "allow_all", "allowed_models", "prompt_log")
 SCOPES = ("chat", "embeddings", "models")
-KEY_CHANGED_CHANNEL = "key_changed"  # payload: prefix; replicas drop their cached copy
-# The revocation trigger's channel. Also sent (without marking the key revoked) when a key must
-# stop working at once for another reason: its tenant was disabled, or it expired now.
-KEY_REVOKED_CHANNEL = "key_revoked"
+# KEY_REVOKED_CHANNEL (the revocation trigger's) is also sent, without marking the key revoked,
+# when a key must stop working at once for another reason: its tenant was disabled, or it
+# expired now. KEY_CHANGED_CHANNEL: replicas drop their cached copy.
 
 _TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}")

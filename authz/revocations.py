@@ -18,9 +18,8 @@ import asyncpg
 
 from authz.keys import KeyStore
 from gateway import logs
+from gateway.signals import KEY_CHANGED_CHANNEL, KEY_REVOKED_CHANNEL
 
-CHANNEL = "key_revoked"
-CHANGED_CHANNEL = "key_changed"
 APPLICATION_NAME = "nz-authz-revocations"  # how operators (and tests) spot the connection
 PING_S = 1.0
 RETRY_S = 0.25
@@ -38,7 +37,9 @@ class RevocationListener:
         prefix = str(payload).strip()
         if not prefix:
             return
-        task = asyncio.ensure_future(self._keys.evict(prefix, revoked=channel == CHANNEL))
+        task = asyncio.ensure_future(
+            self._keys.evict(prefix, revoked=channel == KEY_REVOKED_CHANNEL)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -51,8 +52,8 @@ class RevocationListener:
                 conn = await asyncpg.connect(
                     self._url, timeout=2, server_settings={"application_name": APPLICATION_NAME}
                 )
-                await conn.add_listener(CHANNEL, self._on_notify)
-                await conn.add_listener(CHANGED_CHANNEL, self._on_notify)
+                await conn.add_listener(KEY_REVOKED_CHANNEL, self._on_notify)
+                await conn.add_listener(KEY_CHANGED_CHANNEL, self._on_notify)
                 if not first:
                     await self._keys.flush()
                     _log.info("revocation listener reconnected; key caches flushed")

@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from accounting import ledger
-from accounting.denymode import DENY_MODE_KEY
 from accounting.ledger import LedgerRow
+from gateway.signals import DENY_MODE_KEY
 from tests.e2e.test_accounting_helpers import (
     CHAT,
     accounting_answering,
