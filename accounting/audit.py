@@ -24,7 +24,8 @@ from typing import Any
 import asyncpg
 
 from accounting import pgwrite
-from accounting.outcomes import RecentOutcomes
+from accounting.recent import Recent
+from accounting.stream import Outcome
 from gateway import endpoints
 from gateway.requestmeta import NAMESPACE as AUTHZ_NAMESPACE
 
@@ -198,7 +199,7 @@ def refused_after_admission(entry: AccessEntry) -> bool:
 class AuditRows:
     """Completes rows from the stream outcomes before they are written."""
 
-    def __init__(self, outcomes: RecentOutcomes) -> None:
+    def __init__(self, outcomes: Recent[Outcome]) -> None:
         self._outcomes = outcomes
 
     def ready(self, row: AuditRow) -> bool:

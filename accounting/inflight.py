@@ -45,13 +45,10 @@ def encode(info: RequestInfo) -> str:
 
 
 def decode(text: str) -> RequestInfo | None:
-    """What :func:`encode` wrote; an entry of the previous release (its tokens/min limits
-    under ``token_limits``) reads the same. None when it is not one."""
+    """What :func:`encode` wrote; None when it is not one."""
     try:
         values: dict[str, Any] = json.loads(text)
-        rl = values.pop("rl", None)
-        legacy = values.pop("token_limits", None)
-        overrides = rl if rl is not None else legacy or []
+        overrides = values.pop("rl", None) or []
         return RequestInfo(**values, rl=tuple(RateOverride(**o) for o in overrides))
     except (ValueError, TypeError, AttributeError):
         return None

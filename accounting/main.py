@@ -20,11 +20,11 @@ from accounting.denials import DenialTally, unauthenticated
 from accounting.denymode import DenyMode
 from accounting.inflight import InFlight, instance_name
 from accounting.ledger import LedgerRow
-from accounting.outcomes import RecentOutcomes
 from accounting.promptlog import PromptRow
+from accounting.recent import Recent
 from accounting.rlsdebit import TokenDebits
 from accounting.settle import Settler
-from accounting.stream import RequestInfo
+from accounting.stream import Outcome, RequestInfo
 from gateway import auditparts, grpcserver, logs, metrics
 from gateway.leases import Leases
 from gateway.requestmeta import NAMESPACE as AUTHZ_NAMESPACE
@@ -67,7 +67,7 @@ async def run(cfg: Settings) -> None:
     # min_size 0: accounting starts (and buffers) even while Postgres is down.
     pool = await pg_pool(cfg.database_url, min_size=0, max_size=8)
     redis = redis_client(cfg.redis_url, max(cfg.redis_timeout_s, 1.0))
-    outcomes = RecentOutcomes()
+    outcomes: Recent[Outcome] = Recent()
     rows = AuditRows(outcomes)
 
     settler: Settler | None = None
@@ -95,6 +95,7 @@ async def run(cfg: Settings) -> None:
     ledger_rows: Batcher[LedgerRow] = batcher("budget_ledger", write_ledger, eager=True)
     audit_rows: Batcher[AuditRow] = batcher("audit_log", partial(audit.write, pool), rows.ready)
     prompt_rows: Batcher[PromptRow] = batcher("prompt_log", partial(promptlog.write, pool))
+    inflight = InFlight(redis, instance_name(cfg.instance, cfg.worker_index))
     settler = Settler(
         redis,
         ledger_rows,
@@ -105,7 +106,7 @@ async def run(cfg: Settings) -> None:
         ledger_wait_s=cfg.ledger_wait_s,
         leases=Leases(cfg.slot_lease_s, cfg.reservation_lease_s),
         debits=debits,
-        inflight=InFlight(redis, instance_name(cfg.instance, cfg.worker_index)),
+        inflight=inflight,
     )
     spool_dir = Path(cfg.accounting_spool_dir) if cfg.accounting_spool_dir else None
     buffers: list[tuple[Batcher[Any], type[Any]]] = [
@@ -172,7 +173,7 @@ async def run(cfg: Settings) -> None:
         # What ended during the drain leaves the in-flight snapshot: the next accounting of
         # this instance must not settle it again.
         with contextlib.suppress(*REDIS_ERRORS):
-            await settler.snapshot()
+            await inflight.snapshot()
         denials.flush(audit_rows.add)
         for batcher_, _ in buffers:
             if await batcher_.drain(_DRAIN_S / 2):

@@ -12,8 +12,8 @@ the window says.
 Debits are gathered for :data:`FLUSH_S` and sent as one call, the same window's summed (one
 RLS call per interval, not per stream). The descriptors are those Envoy checks:
 ``limit=key_tpm, tenant_id, key_id`` and ``limit=tenant_tpm, tenant_id``, in the domain
-``gateway`` (tests/unit/test_accounting_cut.py keeps them in step). :func:`descriptors` is the
-one place in Python that builds them.
+``gateway`` (tests/unit/test_accounting_cut.py keeps them in step). :func:`windows` is the one
+place in Python that names them.
 """
 
 from __future__ import annotations
@@ -42,12 +42,16 @@ _Descriptor = ratelimit_pb2.RateLimitDescriptor
 TOKEN_WINDOWS = ("key_tpm", "tenant_tpm")
 
 
-def descriptors(info: RequestInfo, tokens: int) -> list[Any]:
-    """The tokens/min descriptors of the request's key and tenant, each debiting ``tokens``;
-    none when no tokens/min limit applies or nothing was used."""
-    if tokens <= 0 or not info.tenant_id:
+# One window to debit: its descriptor's entries and its limit override (per unit, unit).
+_Window = tuple[tuple[tuple[str, str], ...], int, int]
+
+
+def windows(info: RequestInfo) -> list[_Window]:
+    """The tokens/min windows of the request's key and tenant; none when no tokens/min limit
+    applies."""
+    if not info.tenant_id:
         return []
-    found: list[Any] = []
+    found: list[_Window] = []
     for limit in info.rl:
         if limit.name not in TOKEN_WINDOWS:
             continue  # requests/min: Envoy's own descriptors count those
@@ -60,19 +64,18 @@ def descriptors(info: RequestInfo, tokens: int) -> list[Any]:
             unit = ratelimit_unit_pb2.RateLimitUnit.Value(limit.unit)
         except ValueError:  # not a unit the RLS knows: no window to debit
             continue
-        descriptor = _Descriptor(
-            entries=[_Descriptor.Entry(key=k, value=v) for k, v in entries],
-            limit=_Descriptor.RateLimitOverride(
-                requests_per_unit=limit.requests_per_unit, unit=unit
-            ),
-        )
-        descriptor.hits_addend.value = tokens
-        found.append(descriptor)
+        found.append((tuple(entries), limit.requests_per_unit, unit))
     return found
 
 
-# One descriptor's identity: its entries and its limit override.
-_Window = tuple[tuple[tuple[str, str], ...], int, int]
+def _descriptor(window: _Window, tokens: int) -> Any:
+    entries, per_unit, unit = window
+    descriptor = _Descriptor(
+        entries=[_Descriptor.Entry(key=k, value=v) for k, v in entries],
+        limit=_Descriptor.RateLimitOverride(requests_per_unit=per_unit, unit=unit),
+    )
+    descriptor.hits_addend.value = tokens
+    return descriptor
 
 
 class TokenDebits:
@@ -90,12 +93,9 @@ class TokenDebits:
     def add(self, info: RequestInfo, tokens: int) -> None:
         """Debit ``tokens`` from the request's tokens/min windows at the next flush (never
         waits; nothing when no tokens/min limit applies)."""
-        for descriptor in descriptors(info, tokens):
-            window = (
-                tuple((e.key, e.value) for e in descriptor.entries),
-                descriptor.limit.requests_per_unit,
-                descriptor.limit.unit,
-            )
+        if tokens <= 0:
+            return
+        for window in windows(info):
             self._pending[window] = self._pending.get(window, 0) + tokens
 
     @property
@@ -109,14 +109,7 @@ class TokenDebits:
         if not self._pending:
             return
         batch, self._pending = self._pending, {}
-        found = []
-        for (entries, per_unit, unit), tokens in batch.items():
-            descriptor = _Descriptor(
-                entries=[_Descriptor.Entry(key=k, value=v) for k, v in entries],
-                limit=_Descriptor.RateLimitOverride(requests_per_unit=per_unit, unit=unit),
-            )
-            descriptor.hits_addend.value = tokens
-            found.append(descriptor)
+        found = [_descriptor(window, tokens) for window, tokens in batch.items()]
         if self._stub is None:
             self._channel = grpc.aio.insecure_channel(self._address)
             self._stub = rls_pb2_grpc.RateLimitServiceStub(self._channel)

@@ -9,8 +9,6 @@ Access-log entries become :class:`AccessEntry` values for the audit buffer.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +21,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from prometheus_client import Counter
 
 from accounting.audit import CUT_GRACE_S, AccessEntry
+from accounting.recent import Recent
 from accounting.stream import Outcome, RequestInfo, StreamAccount
 from gateway import logs
 from gateway.requestmeta import NAMESPACE as AUTHZ_NAMESPACE
@@ -145,29 +144,6 @@ def _body_response(new_body: bytes | None) -> Any:
     return ep.BodyResponse(response=common)
 
 
-class Prompts:
-    """Prompts of prompt-logged requests, from their rewrite stream to their observed one
-    (Envoy opens both on the worker's one connection to this process). Bounded."""
-
-    def __init__(self, max_entries: int = 10_000, ttl_s: float = 900.0) -> None:
-        self._max = max_entries
-        self._ttl = ttl_s
-        self._items: OrderedDict[str, tuple[float, Any]] = OrderedDict()
-
-    def put(self, request_id: str, prompt: Any) -> None:
-        now = time.monotonic()
-        self._items[request_id] = (now, prompt)
-        while self._items:
-            oldest_at, _ = next(iter(self._items.values()))
-            if len(self._items) <= self._max and now - oldest_at < self._ttl:
-                break
-            self._items.popitem(last=False)
-
-    def pop(self, request_id: str) -> Any:
-        found = self._items.pop(request_id, None)
-        return None if found is None else found[1]
-
-
 class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     """One gRPC stream per HTTP request and filter. ``submit`` receives the outcome of an
     observed stream; ``track`` / ``untrack`` bracket its life (its leases are renewed
@@ -182,7 +158,9 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self._submit = submit
         self._track = track or (lambda _info: None)
         self._untrack = untrack or (lambda _info: None)
-        self._prompts = Prompts()
+        # Prompts of prompt-logged requests, from their rewrite stream to their observed one
+        # (Envoy opens both on the worker's one connection to this process).
+        self._prompts: Recent[Any] = Recent(ttl_s=900.0, max_entries=10_000)
         self._open: dict[str, asyncio.Task[Any]] = {}  # observed streams, by request id
 
     def ended_short(self, request_id: str, grace_s: float = CUT_GRACE_S) -> None:

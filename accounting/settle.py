@@ -23,8 +23,8 @@ from accounting.batches import Batcher
 from accounting.inflight import InFlight
 from accounting.inflight import instance_name as inflight_instance
 from accounting.ledger import LedgerRow
-from accounting.outcomes import RecentOutcomes
 from accounting.promptlog import PromptRow
+from accounting.recent import Recent
 from accounting.rlsdebit import TokenDebits
 from accounting.stream import Outcome, RequestInfo
 from gateway import budgets, leases, logs, slots
@@ -46,7 +46,7 @@ class Settler:
         redis: aioredis.Redis,
         ledger: Batcher[LedgerRow],
         prompts: Batcher[PromptRow],
-        outcomes: RecentOutcomes,
+        outcomes: Recent[Outcome],
         to_ledger: Callable[[Outcome], LedgerRow | None],
         to_prompt: Callable[[Outcome], PromptRow | None],
         *,
@@ -74,7 +74,7 @@ class Settler:
 
     def submit(self, outcome: Outcome) -> None:
         """Hand a finished request over (never waits)."""
-        self._outcomes.put(outcome)
+        self._outcomes.put(outcome.info.request_id, outcome)
         self._queue.put_nowait(outcome)
 
     def track(self, info: RequestInfo) -> None:
@@ -84,11 +84,6 @@ class Settler:
 
     def untrack(self, info: RequestInfo) -> None:
         self._inflight.remove(info)
-
-    @property
-    def live(self) -> int:
-        """Requests whose streams are open now."""
-        return len(self._inflight.open)
 
     async def recover(self) -> int:
         """Settle what an earlier accounting of this instance left open (at start, until
@@ -109,10 +104,6 @@ class Settler:
             )
             self.submit(outcome)
         return len(orphans)
-
-    async def snapshot(self) -> None:
-        """Write the in-flight snapshot now (at shutdown); raises on a Redis error."""
-        await self._inflight.snapshot()
 
     async def snapshots(self) -> None:
         """Keep the in-flight snapshot in Redis current."""

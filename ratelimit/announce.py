@@ -1,7 +1,7 @@
 """Throttle announcements: the RLS tells every authz replica which key or tenant it refused.
 
 When a decision is over a key's or a tenant's requests/min or tokens/min (the limits authz
-sends as overrides), the RLS publishes on the Redis channel :data:`CHANNEL` who is throttled,
+sends as overrides), the RLS publishes on the Redis channel ``CHANNEL`` who is throttled,
 under which limit and for how long, with the statuses of that decision. authz keeps them in
 memory (:mod:`authz.throttle`) and refuses the key's next requests itself, before reading
 their bodies, until the window has room again. The RLS stays the one owner of the windows:
@@ -9,20 +9,7 @@ an announcement only repeats what it decided, and every request authz lets throu
 decided here. Publishing never delays or changes a decision; a failed publish is counted and
 forgotten (authz then simply does not know, and the RLS keeps refusing).
 
-The message is JSON (the schema below; ``v`` is its version)::
-
-    {"v": 1, "at_ms": <the RLS's clock at the decision, ms since the epoch>,
-     "tenant_id": "…", "key_id": "…",
-     "throttled": [{"limit": "key_rpm", "rpu": 1, "retry_ms": 59000}, …],
-     "statuses": [{"limit": "key_rpm", "key_id": "…", "rpu": 1, "unit_s": 60, "over": true,
-                   "remaining": 0, "reset_ms": 60000, "retry_ms": 59000,
-                   "quota": "requests"}, …]}
-
-``throttled`` lists the refusing windows authz may act on: the key's (``key_rpm``,
-``key_tpm``) or the tenant's (``tenant_rpm``, ``tenant_tpm``), each with the limit it was
-decided under (authz ignores an announcement once its own limit differs) and the time until
-the same request would be admitted. ``statuses`` are every limited status of the decision, in
-Envoy's order, so authz can answer the headers Envoy and the RLS would have.
+The message and its schema are :mod:`gateway.throttlemap`'s (the contract authz reads).
 """
 
 from __future__ import annotations

@@ -99,24 +99,19 @@ def _tokens_checked_descriptor_keys() -> list[list[str]]:
 
 
 def test_accounting_debits_the_windows_envoy_checks() -> None:
-    info = RequestInfo.from_metadata("rid", META)
-    built = rlsdebit.descriptors(info, 123)
-    ours = []
-    for d in built:
-        assert d.hits_addend.value == 123
-        ours.append(
-            [f"limit={e.value}" if e.key == "limit" else e.key for e in d.entries],
-        )
+    found = rlsdebit.windows(RequestInfo.from_metadata("rid", META))
+    ours = [[f"limit={v}" if k == "limit" else k for k, v in entries] for entries, _, _ in found]
     assert sorted(ours) == sorted(_tokens_checked_descriptor_keys())
     assert len(ours) == 2
-    limits = {d.entries[0].value: d.limit.requests_per_unit for d in built}
+    limits = {entries[0][1]: per_unit for entries, per_unit, _ in found}
     assert limits == {"key_tpm": 3000, "tenant_tpm": 9000}
 
 
 def test_nothing_to_debit_without_tokens_or_limits() -> None:
-    assert rlsdebit.descriptors(RequestInfo.from_metadata("rid", META), 0) == []
-    no_limits = RequestInfo.from_metadata("rid", {**META, "rl": {}})
-    assert rlsdebit.descriptors(no_limits, 10) == []
+    debits = rlsdebit.TokenDebits("127.0.0.1:1")
+    debits.add(RequestInfo.from_metadata("rid", META), 0)
+    debits.add(RequestInfo.from_metadata("rid", {**META, "rl": {}}), 10)
+    assert debits.pending == {}
 
 
 def test_a_sidecar_is_reached_at_its_listen_address_on_loopback() -> None:

@@ -17,8 +17,8 @@ from accounting.audit import AuditRows, row_from_entry
 from accounting.batches import Batcher
 from accounting.denymode import DenyMode
 from accounting.ledger import LedgerRow
-from accounting.outcomes import RecentOutcomes
-from accounting.stream import RequestInfo, StreamAccount
+from accounting.recent import Recent
+from accounting.stream import Outcome, RequestInfo, StreamAccount
 
 TENANT = "6f1c7f0e-8d0a-4a55-9a53-8f8e7a0c2b11"
 
@@ -181,7 +181,7 @@ def test_denied_request_row_and_a_malformed_tenant_id() -> None:
 
 
 def test_cut_stream_row_takes_its_counts_from_the_outcome() -> None:
-    outcomes = RecentOutcomes()
+    outcomes: Recent[Outcome] = Recent()
     rows = AuditRows(outcomes)
     row = row_from_entry(server.to_entry(entry({"envoy.filters.http.ext_authz": AUTHZ})))
     assert row.awaiting_outcome and row.tokens_in is None
@@ -191,7 +191,7 @@ def test_cut_stream_row_takes_its_counts_from_the_outcome() -> None:
     frames = b'{"message": {"content": "a"}, "done": false}\n' * 3
     account.response_start(200, frames)
     account.response_chunk(frames, False)
-    outcomes.put(account.outcome(cut=True))
+    outcomes.put("rid-1", account.outcome(cut=True))
     assert rows.ready(row)
     assert row.tokens_out == 3 and row.tokens_estimated
     assert row.error == "stream cut short"

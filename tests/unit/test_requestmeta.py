@@ -3,7 +3,6 @@ config reads are fields of the one definition, what authz writes is what account
 
 from __future__ import annotations
 
-import json
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -174,27 +173,3 @@ def test_an_open_request_survives_the_inflight_snapshot() -> None:
     assert inflight.decode(inflight.encode(ADMITTED)) == ADMITTED
     assert inflight.decode("[1]") is None
     assert inflight.decode('{"request_id": "r", "nonsense": 1}') is None
-
-
-def test_a_snapshot_of_the_previous_release_still_reads() -> None:
-    # Written by the accounting before this contract: tokens/min limits as token_limits.
-    legacy = {
-        "request_id": "r1",
-        "tenant_id": "t1",
-        "key_id": "k1",
-        "reserved": 150,
-        "max_tokens": 100,
-        "slot": True,
-        "prompt_estimate": 50,
-        "token_limits": [{"name": "key_tpm", "requests_per_unit": 3000, "unit": "MINUTE"}],
-    }
-    assert inflight.decode(json.dumps(legacy)) == RequestMeta(
-        request_id="r1",
-        tenant_id="t1",
-        key_id="k1",
-        reserved=150,
-        max_tokens=100,
-        slot=True,
-        prompt_estimate=50,
-        rl=(RateOverride("key_tpm", 3000, "MINUTE"),),
-    )
