@@ -14,7 +14,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
-from urllib.parse import unquote
 
 from prometheus_client import Counter
 
@@ -27,7 +26,7 @@ from authz.keys import AddressThrottled, KeyStore
 from authz.principal import Principal
 from authz.request import AuthzRequest
 from gateway import apikeys, endpoints, gojson, logs, rewrite
-from gateway.endpoints import Endpoint, Kind, Scope
+from gateway.endpoints import Endpoint, Kind, Listing, Scope
 from gateway.requestmeta import RateOverride, RequestMeta
 from gateway.storeerrors import StoreUnavailable
 
@@ -54,12 +53,15 @@ def rate_overrides(principal: Principal) -> tuple[RateOverride, ...]:
 
 
 def presented_key(req: AuthzRequest) -> str | None:
-    """The bearer key; on ``/v1/messages`` (Anthropic's SDK) ``x-api-key`` instead. Both at
-    once, or either twice, is no key at all."""
+    """The bearer key; on an endpoint with its own key header (``x-api-key`` on Anthropic's
+    ``/v1/messages``: :attr:`Endpoint.key_header`) that header instead. Both at once, or
+    either twice, is no key at all."""
     bearer = req.header("authorization")
-    plain = req.header("x-api-key")
-    if plain and req.path == "/v1/messages":
-        return None if bearer else apikeys.parse_plain(plain)
+    endpoint = endpoints.for_path(req.path)
+    if endpoint is not None and endpoint.key_header is not None:
+        plain = req.header(endpoint.key_header)
+        if plain:
+            return None if bearer else apikeys.parse_plain(plain)
     return apikeys.parse_bearer(bearer)
 
 
@@ -230,7 +232,7 @@ class Authorizer:
             },
             # Envoy applies removals after the headers it sets: the identity headers are
             # overwritten (never removed), whatever the client sent.
-            remove_headers=("authorization", "x-api-key"),
+            remove_headers=endpoints.KEY_HEADERS,
             response_headers=admission.budget_headers(),
             metadata=meta.to_metadata(),
         )
@@ -252,8 +254,8 @@ class Authorizer:
             show_model = name
             verbose = gojson.field(body, "verbose") is True
         discovered = self._discovery.models()
-        if endpoint is endpoints.MODEL_DETAIL:
-            show_model = unquote(req.path[len("/v1/models/") :])
+        if endpoint.listing is Listing.MODEL:
+            show_model = endpoints.model_in_path(req.path)
         model = ""
         if show_model:
             model = models.permits(principal, discovered, show_model) or ""
@@ -270,16 +272,16 @@ class Authorizer:
         effective = models.effective(principal, discovered)
         entries = self._discovery.entries()
         try:
-            if endpoint.path == "/api/tags":
+            if endpoint.listing is Listing.TAGS:
                 return json_reply(listings.tags(entries, effective), headers, reply_meta)
-            if endpoint.path == "/v1/models":
+            if endpoint.listing is Listing.MODELS:
                 return json_reply(listings.openai_models(entries, effective), headers, reply_meta)
-            if endpoint is endpoints.MODEL_DETAIL:
+            if endpoint.listing is Listing.MODEL:
                 return json_reply(
                     listings.openai_model(show_model, entries[model]), headers, reply_meta
                 )
             session = self._discovery.session()
-            if endpoint.path == "/api/ps":
+            if endpoint.listing is Listing.PS:
                 live = list(self._discovery.snapshot())
                 return json_reply(await listings.ps(session, live, effective), headers, reply_meta)
             backend = self._discovery.backends_for(model)[0]

@@ -47,7 +47,7 @@ from argon2 import PasswordHasher
 from prometheus_client import Counter
 
 from authz.principal import PRINCIPAL_SQL, Principal, from_row
-from gateway import apikeys, logs
+from gateway import apikeys, budgets, logs
 from gateway.storeerrors import STORE_ERRORS, StoreUnavailable
 
 ARGON2_VERIFIES = Counter(
@@ -64,29 +64,10 @@ _MAX_ENTRIES = 100_000
 _REVOKED = "revoked"
 _log = logs.get("authz.keys")
 
-# Cache a verified principal (and remember the secret verified) unless the prefix carries
-# the revocation tombstone.
-_STORE = """
-if redis.call('HEXISTS', KEYS[1], 'revoked') == 1 then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-return 1
-"""
-# Drop every cached entry of a prefix and leave the tombstone.
-_REVOKE = """
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('HSET', KEYS[1], 'revoked', '1')
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
-"""
-# A failure in a fixed window.
-_FAIL = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-return n
-"""
+# Its Redis scripts, read once at import (KEYS, ARGV and what each returns: its header).
+_STORE = budgets.lua("key_store.lua", package="authz")  # cache unless revoked
+_REVOKE = budgets.lua("key_revoke.lua", package="authz")  # drop all, leave the tombstone
+_FAIL = budgets.lua("key_failure.lua", package="authz")  # a failure in a fixed window
 
 
 class AddressThrottled(Exception):

@@ -84,7 +84,7 @@ async def run(cfg: Settings) -> None:
         await redis.aclose()
         await pool.close()
 
-    from authz.admin import serve as admin  # the admin API: its own server on admin_listen
+    from authz.admin import startup as admin  # the admin API: its own server on admin_listen
 
     admin_server = await admin.start(cfg, pool, discovery=discovery, redis=redis)
     await grpcserver.serve_until_signalled([grpc_server, admin_server], on_stop=stop)

@@ -6,16 +6,18 @@ This module is the one owner of the rule; Check (``authz.check``) and the admin 
     allowed(m) = (allow_all or m ∈ canonical(allowed_models)) and (allow_cloud or not cloud(m))
     effective  = {m ∈ discovered | allowed(m)}
 
-``allow_all`` and ``allowed_models`` are already resolved key → tenant (a NULL on the key
-inherits the tenant's); ``allow_cloud`` is the tenant's. Models that run on Ollama's cloud
-(``:cloud`` / ``-cloud`` tags) leave the building and are removed unless the tenant opted in.
+``allow_all`` and ``allowed_models`` are first resolved key → tenant by :func:`inherit` (a
+NULL on the key inherits the tenant's; Check's principal and the admin API both call it);
+``allow_cloud`` is the tenant's. Models that run on Ollama's cloud (``:cloud`` / ``-cloud``
+tags) leave the building and are removed unless the tenant opted in.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Protocol
+from typing import Literal, Protocol
 
 _DEFAULT_PREFIXES = ("registry.ollama.ai/library/", "registry.ollama.ai/", "library/")
 
@@ -38,6 +40,29 @@ class ModelGrant:
     allow_all: bool
     allowed_models: frozenset[str]
     allow_cloud: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Inherited:
+    """A key's model grant after inheritance: its own values or its tenant's."""
+
+    allow_all: bool
+    allowed: tuple[str, ...]
+    source: Literal["key", "tenant"]  # "key" when the key sets either value
+
+
+def inherit(
+    tenant_allow_all: bool,
+    tenant_models: Sequence[str],
+    key_allow_all: bool | None,
+    key_models: Sequence[str] | None,
+) -> Inherited:
+    """Key → tenant, each value on its own: a NULL (None) on the key takes the tenant's.
+    Without a key, pass None for both key values."""
+    allow_all = tenant_allow_all if key_allow_all is None else key_allow_all
+    allowed = tenant_models if key_models is None else key_models
+    own = key_allow_all is not None or key_models is not None
+    return Inherited(allow_all, tuple(allowed), "key" if own else "tenant")
 
 
 @lru_cache(maxsize=4096)

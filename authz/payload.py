@@ -38,12 +38,14 @@ from gateway.endpoints import OutputCap, Surface
 # curl's ``-d`` sends a form content type, and Ollama's own docs use ``curl -d '{…}'``: such a
 # body is accepted when it is JSON. Anything else that is not JSON is refused (415).
 _ACCEPTED_TYPES = ("application/json", "application/x-www-form-urlencoded")
-# Fields that never reach the model as prompt text (tools, format, system, suffix do).
+# Fields that never reach the model as prompt text (tools, format, system, suffix do): every
+# endpoint's output-cap fields (the endpoint table's) and these.
 _NOT_PROMPT = frozenset(
     gojson.fold(n)
     for n in (
-        *("model", "stream", "options", "keep_alive", "stream_options", "max_tokens"),
-        *("max_completion_tokens", "max_output_tokens", "temperature", "top_p", "top_k"),
+        *endpoints.OUTPUT_CAP_FIELDS,
+        *("model", "stream", "options", "keep_alive", "stream_options"),
+        *("temperature", "top_p", "top_k"),
         *("seed", "stop", "stop_sequences", "frequency_penalty", "presence_penalty", "n"),
         *("logprobs", "top_logprobs", "truncate", "shift", "raw", "dimensions", "user"),
         *("encoding_format", "metadata", "logit_bias", "store", "service_tier", "best_of"),

@@ -1,6 +1,8 @@
 """Who is calling: the key and its tenant, with every limit resolved key → tenant.
 
-A NULL on the key inherits the tenant's value; this module is the one place that rule lives.
+A NULL on the key inherits the tenant's value; this module is the one place that rule lives
+for limits, and :func:`authz.models.inherit` for the model grant (``allow_all``,
+``allowed_models``), which the admin API reports too.
 The body ceilings (``max_output_tokens``, ``max_num_ctx``, ``allowed_options``) resolve the same
 way, and a NULL on the tenant too takes the gateway's default (:mod:`authz.fields`).
 """
@@ -14,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from authz import fields
+from authz import fields, models
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +122,7 @@ SELECT k.id::text AS key_id, k.prefix, k.key_hash, k.status, k.expires_at, k.sco
 
 
 def from_row(row: asyncpg.Record) -> Principal:
-    k_allow_all = row["k_allow_all"]
-    k_models = row["k_models"]
+    grant = models.inherit(row["t_allow_all"], row["t_models"], row["k_allow_all"], row["k_models"])
     options = row["allowed_options"]
     return Principal(
         key_id=row["key_id"],
@@ -132,8 +133,8 @@ def from_row(row: asyncpg.Record) -> Principal:
         scopes=frozenset(row["scopes"]),
         tenant_id=row["tenant_id"],
         tenant=row["tenant"],
-        allow_all=row["t_allow_all"] if k_allow_all is None else k_allow_all,
-        allowed_models=frozenset(row["t_models"] if k_models is None else k_models),
+        allow_all=grant.allow_all,
+        allowed_models=frozenset(grant.allowed),
         allow_cloud=row["allow_cloud"],
         prompt_log=row["prompt_log"],
         key_limits=Limits(*(row[f"k_{name}"] for name in _LIMIT_FIELDS)),

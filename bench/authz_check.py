@@ -38,7 +38,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from authz import provisioning
+from authz.admin import keystore, tenantstore
 from bench.run import percentile
 from devstack.stack import Stack, StackConfig
 from gateway import apikeys, budgets, slots
@@ -102,11 +102,11 @@ def check_request(key: str, method: str, path: str, body: bytes, request_id: str
 async def make_keys(stack: Stack, count: int) -> list[Key]:
     conn = await asyncpg.connect(stack.database_url)
     try:
-        tenant_id = await provisioning.create_tenant(
+        tenant_id = await tenantstore.create_tenant(
             conn, f"bench-{uuid.uuid4().hex[:8]}", allow_all=True, budget_daily=10**15
         )
         ph = apikeys.hasher()  # production argon2id parameters
-        created = [await provisioning.create_key(conn, ph, tenant_id) for _ in range(count)]
+        created = [await keystore.create_key(conn, ph, tenant_id) for _ in range(count)]
     finally:
         await conn.close()
     return [Key(tenant_id, c.key_id, c.full_key) for c in created]

@@ -13,7 +13,7 @@ import asyncpg
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from authz import provisioning
+from authz.admin import keystore, tenantstore
 from devstack.stack import Stack
 from gateway import apikeys
 
@@ -76,11 +76,11 @@ class StackClient:
     def tenant(self, name: str | None = None, **kwargs: Any) -> tuple[str, str]:
         """Create a tenant; returns (tenant_id, name)."""
         tenant_name = name or f"t{next(_names)}-{id(self) % 1000}"
-        tenant_id = self._db(lambda c: provisioning.create_tenant(c, tenant_name, **kwargs))
+        tenant_id = self._db(lambda c: tenantstore.create_tenant(c, tenant_name, **kwargs))
         return tenant_id, tenant_name
 
-    def key(self, tenant_id: str, **kwargs: Any) -> provisioning.CreatedKey:
-        return self._db(lambda c: provisioning.create_key(c, _HASHER, tenant_id, **kwargs))
+    def key(self, tenant_id: str, **kwargs: Any) -> keystore.CreatedKey:
+        return self._db(lambda c: keystore.create_key(c, _HASHER, tenant_id, **kwargs))
 
     def caller(self, tenant: dict[str, Any] | None = None, **key_kwargs: Any) -> Caller:
         """A fresh tenant (allow_all unless told otherwise) with one key."""

@@ -47,7 +47,7 @@ def _cli() -> str:
     beside = Path(sys.executable).parent / "neuronetz-gateway"
     if beside.exists():
         return shlex.quote(str(beside))
-    return f"{shlex.quote(sys.executable)} -m gateway.cli"
+    return f"{shlex.quote(sys.executable)} -m neuronetz_gateway"
 
 
 def _banner(stack: Stack, key: str) -> str:

@@ -113,6 +113,24 @@ def write(config: Mapping[str, Any], path: Path) -> Path:
     return path
 
 
+class GuardRefused(RuntimeError):
+    """The config guard (``neuronetz-gateway envoy check``) refused a config to be started."""
+
+
+def write_checked(config: Mapping[str, Any], path: Path) -> Path:
+    """:func:`write`, then the config guard: the stack's Envoy never starts on a config that
+    switches the gateway's protection off (docs/PLATFORM.md, "Edit, check, roll out"). Envoy's
+    own validation is skipped here: Envoy runs on the file next anyway."""
+    from gateway.envoyguard.check import run
+    from gateway.envoyguard.report import as_text
+
+    write(config, path)
+    violations = run([path], envoy_validate=False).violations
+    if violations:
+        raise GuardRefused("envoy check refused the config:\n" + as_text(violations, []))
+    return path
+
+
 def without_filters(
     config: Mapping[str, Any], drop: Iterable[str], access_log: bool = True
 ) -> dict[str, Any]:

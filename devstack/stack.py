@@ -216,7 +216,9 @@ class Stack:
     def _start_service(self, name: str) -> None:
         env = self.service_env()
         env["NZ_METRICS_PORT"] = str(self.ports[f"{name}_metrics"])
-        self._proc(name, python_module("gateway.cli", name), self.ports[name], env=env).start()
+        self._proc(
+            name, python_module("neuronetz_gateway", name), self.ports[name], env=env
+        ).start()
 
     def metrics_url(self, service: str) -> str:
         """The service's Prometheus endpoint (tests read counters from it)."""
@@ -234,7 +236,9 @@ class Stack:
     def _start_envoy(self) -> None:
         listener = self.config.listener_port or free_port()
         admin = free_port()
-        path = envoyconf.write(self.envoy_config(listener, admin), self.work_dir / "envoy.yaml")
+        path = envoyconf.write_checked(
+            self.envoy_config(listener, admin), self.work_dir / "envoy.yaml"
+        )
         self.envoy_admin = f"http://127.0.0.1:{admin}"
         self.listener = f"http://127.0.0.1:{listener}"
         self._proc(
@@ -248,7 +252,7 @@ class Stack:
         """Another Envoy beside the stack's, on the same services, with other edge limits (the
         tests of those limits): its process, started (the caller stops it), and its URL."""
         listener, admin = free_port(), free_port()
-        path = envoyconf.write(
+        path = envoyconf.write_checked(
             self.envoy_config(listener, admin, edge), self.work_dir / f"{name}.yaml"
         )
         proc = Proc(

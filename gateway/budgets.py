@@ -25,6 +25,7 @@ its KEYS, ARGV and return value. authz checks and reserves with :data:`ADMIT` (`
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from importlib.resources import files
@@ -45,9 +46,10 @@ RESERVATION_TTL_S = 15
 RECORD_GRACE_S = 86400
 
 
-def lua(name: str) -> str:
-    """The source of ``gateway/lua/<name>`` (package data, shipped in the wheel)."""
-    return (files("gateway") / "lua" / name).read_text(encoding="utf-8")
+def lua(name: str, package: str = "gateway") -> str:
+    """The source of ``<package>/lua/<name>`` (package data, shipped in the wheel): the budget
+    store's scripts, and a service's own (``authz/lua/``)."""
+    return (files(package) / "lua" / name).read_text(encoding="utf-8")
 
 
 # The scripts that write the layout, read once at import.
@@ -122,9 +124,15 @@ async def rebuild(redis: aioredis.Redis, db: asyncpg.Pool, budget: Budget, now: 
     return used
 
 
+# A reservation member's tokens, matched as admit.lua and settle.lua match them
+# (``'|(%d+)$'``): digits after the last ``|``; a member without them counts none.
+_AMOUNT = re.compile(r"\|([0-9]+)\Z")
+
+
 def _amount(member: str) -> int:
-    """A reservation member's tokens: ``<request_id>|<tokens>``."""
-    return int(member.rsplit("|", 1)[-1] or 0)
+    """A reservation member's tokens: ``<request_id>|<tokens>``, 0 when it names none."""
+    found = _AMOUNT.search(member)
+    return int(found.group(1)) if found else 0
 
 
 async def read(redis: aioredis.Redis, budget: Budget, now: datetime, clock: float) -> Reading:

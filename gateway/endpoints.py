@@ -1,7 +1,8 @@
 """The endpoint table: every path a key may call, and what the gateway must know about each.
 
 One row per endpoint, every consumer reads it: authz (scope, kind, which body field carries
-the output cap), the body rewrite (which field it caps, which streams must ask for usage),
+the output cap, which header besides ``Authorization`` may carry the key, which listing it
+answers), the body rewrite (which field it caps, which streams must ask for usage),
 accounting (how a stream is framed, which frames it parses) and the audit log (known paths).
 
 An allowlist, not a blocklist: model management, blobs, account and cloud endpoints and every
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from urllib.parse import unquote
 
 
 class Scope(StrEnum):
@@ -25,6 +27,15 @@ class Kind(StrEnum):
     LISTING = "listing"  # answered by authz from the discovery cache
     SHOW = "show"  # model detail, forwarded for the model in the body
     VERSION = "version"
+
+
+class Listing(StrEnum):
+    """What a :attr:`Kind.LISTING` endpoint answers (authz/listings.py builds each)."""
+
+    TAGS = "tags"  # Ollama's /api/tags, from the discovery cache
+    PS = "ps"  # Ollama's /api/ps, fetched from the backends
+    MODELS = "models"  # OpenAI's /v1/models, from the discovery cache
+    MODEL = "model"  # OpenAI's /v1/models/{model}: the one model the path names
 
 
 class Surface(StrEnum):
@@ -75,6 +86,10 @@ class Endpoint:
     framing: Framing | None = None  # how its stream is framed; None: never streams
     usage_opt_in: bool = False  # a stream carries token counts only when asked for them
     # (``stream_options.include_usage``): the gateway asks, and strips what the client did not
+    listing: Listing | None = None  # what a LISTING endpoint answers
+    # A header that carries the key bare, instead of ``Authorization: Bearer`` (Anthropic's
+    # SDK sends ``x-api-key``); None: the bearer header only.
+    key_header: str | None = None
 
 
 _NUM_PREDICT = OutputCap("num_predict", in_options=True)
@@ -84,27 +99,43 @@ _MAX_OUTPUT_TOKENS = OutputCap("max_output_tokens")
 _OLLAMA, _OPENAI = Surface.OLLAMA, Surface.OPENAI
 _NDJSON, _SSE = Framing.NDJSON, Framing.SSE
 _CHAT, _EMBED, _MODELS = Scope.CHAT, Scope.EMBEDDINGS, Scope.MODELS
-_INFER = Kind.INFERENCE
+_INFER, _LISTING = Kind.INFERENCE, Kind.LISTING
 
 _TABLE = [
     Endpoint("POST", "/api/chat", _CHAT, _INFER, _OLLAMA, _NUM_PREDICT, _NDJSON),
     Endpoint("POST", "/api/generate", _CHAT, _INFER, _OLLAMA, _NUM_PREDICT, _NDJSON),
     Endpoint("POST", "/api/embed", _EMBED, _INFER, _OLLAMA),
     Endpoint("POST", "/api/embeddings", _EMBED, _INFER, _OLLAMA),
-    Endpoint("GET", "/api/tags", _MODELS, Kind.LISTING, _OLLAMA),
+    Endpoint("GET", "/api/tags", _MODELS, _LISTING, _OLLAMA, listing=Listing.TAGS),
     Endpoint("POST", "/api/show", _MODELS, Kind.SHOW, _OLLAMA),
-    Endpoint("GET", "/api/ps", _MODELS, Kind.LISTING, _OLLAMA),
+    Endpoint("GET", "/api/ps", _MODELS, _LISTING, _OLLAMA, listing=Listing.PS),
     Endpoint("GET", "/api/version", _MODELS, Kind.VERSION, _OLLAMA),
     Endpoint("POST", "/v1/chat/completions", _CHAT, _INFER, _OPENAI, _CHAT_CAP, _SSE, True),
     Endpoint("POST", "/v1/completions", _CHAT, _INFER, _OPENAI, _MAX_TOKENS, _SSE, True),
     Endpoint("POST", "/v1/responses", _CHAT, _INFER, _OPENAI, _MAX_OUTPUT_TOKENS, _SSE),
-    Endpoint("POST", "/v1/messages", _CHAT, _INFER, _OPENAI, _MAX_TOKENS, _SSE),
+    Endpoint(
+        *("POST", "/v1/messages", _CHAT, _INFER, _OPENAI, _MAX_TOKENS, _SSE),
+        key_header="x-api-key",
+    ),
     Endpoint("POST", "/v1/embeddings", _EMBED, _INFER, _OPENAI),
-    Endpoint("GET", "/v1/models", _MODELS, Kind.LISTING, _OPENAI),
+    Endpoint("GET", "/v1/models", _MODELS, _LISTING, _OPENAI, listing=Listing.MODELS),
 ]
 ENDPOINTS: dict[tuple[str, str], Endpoint] = {(e.method, e.path): e for e in _TABLE}
 _BY_PATH: dict[str, Endpoint] = {e.path: e for e in _TABLE}  # one method per path
-MODEL_DETAIL = Endpoint("GET", "/v1/models/{model}", _MODELS, Kind.LISTING, _OPENAI)
+_DETAIL_PREFIX = "/v1/models/"
+MODEL_DETAIL = Endpoint(
+    "GET", _DETAIL_PREFIX + "{model}", _MODELS, _LISTING, _OPENAI, listing=Listing.MODEL
+)
+# Every top-level body field that caps output on some endpoint (Ollama's ``num_predict`` is a
+# key of ``options``): never prompt text (authz/payload.py).
+OUTPUT_CAP_FIELDS = frozenset(
+    name
+    for e in _TABLE
+    if e.output_cap is not None and not e.output_cap.in_options
+    for name in e.output_cap.fields
+)
+# Every header that may carry a key: Envoy strips them all before the backend (authz/check.py).
+KEY_HEADERS = ("authorization", *sorted({e.key_header for e in _TABLE if e.key_header}))
 
 
 def lookup(method: str, path: str) -> Endpoint | None:
@@ -112,9 +143,14 @@ def lookup(method: str, path: str) -> Endpoint | None:
     found = ENDPOINTS.get((method, path))
     if found is not None:
         return found
-    if method == "GET" and path.startswith("/v1/models/") and len(path) > len("/v1/models/"):
+    if method == "GET" and path.startswith(_DETAIL_PREFIX) and len(path) > len(_DETAIL_PREFIX):
         return MODEL_DETAIL
     return None
+
+
+def model_in_path(path: str) -> str:
+    """The model a :data:`MODEL_DETAIL` path names (``/v1/models/<name>``, percent-decoded)."""
+    return unquote(path[len(_DETAIL_PREFIX) :])
 
 
 def for_path(path: str) -> Endpoint | None:

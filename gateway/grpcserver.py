@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,17 +19,20 @@ async def start(
     service_names: Iterable[str],
     *,
     reuse_port: bool = False,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> grpc.aio.Server:
     """Bind ``listen`` (host:port), add the services, health (all SERVING) and reflection.
     ``reuse_port``: one of several workers on the port (gateway/workers.py); otherwise a port
-    already taken is an error, not a silent second server."""
+    already taken is an error, not a silent second server. ``interceptors`` see every call,
+    health and reflection included (the admin API's guards only its own service)."""
     server = grpc.aio.server(
+        interceptors=list(interceptors),
         options=[
             ("grpc.so_reuseport", 1 if reuse_port else 0),
             ("grpc.max_receive_message_length", 8 << 20),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-        ]
+        ],
     )
     for add in register:
         add(server)

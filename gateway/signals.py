@@ -6,7 +6,7 @@
 * :data:`KEY_REVOKED_CHANNEL`, :data:`KEY_CHANGED_CHANNEL` — PostgreSQL NOTIFY channels (payload:
   the key's prefix) every authz replica LISTENs on to drop a cached key within a second
   (authz/revocations.py); the revocations trigger (migrations/0001_schema.sql) and the admin
-  API (authz/provisioning.py) notify them.
+  API's stores (authz/admin/tenantstore.py, authz/admin/keystore.py) notify them.
 
 The RLS's throttle announcements have their own contract: gateway/throttlemap.py.
 """

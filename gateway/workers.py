@@ -22,9 +22,9 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -47,14 +47,15 @@ def machine_cpus() -> int:
     return max(1, min(cpus, _MAX_DEFAULT))
 
 
-def supervise(service: str, workers: int, metrics_port: int) -> int:
-    """Run ``workers`` copies of ``service`` until a signal or the first to exit."""
+def supervise(service: str, command: Sequence[str], workers: int, metrics_port: int) -> int:
+    """Run ``workers`` copies of ``command`` (the CLI's, running ``service``) until a signal or
+    the first to exit."""
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
     log = logs.get(service)
     with tempfile.TemporaryDirectory(prefix=f"nz-{service}-metrics-") as metrics_dir:
         env = {**os.environ, "NZ_METRICS_PORT": "0", "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
-        argv = [sys.executable, "-m", "gateway.cli", service]
+        argv = list(command)
         procs = [
             subprocess.Popen(argv, env={**env, "NZ_WORKER_INDEX": str(i)}) for i in range(workers)
         ]

@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from authz.provisioning import Connection
+from authz.admin.sql import Connection
 
 
 async def record(

@@ -19,7 +19,7 @@ from datetime import datetime
 import redis.asyncio as aioredis
 
 from authz.admin.records import KeyRecord, TenantRecord
-from authz.provisioning import Connection
+from authz.admin.sql import Connection
 from gateway import budgets, periods
 from gateway.budgets import Budget
 from gateway.periods import Period

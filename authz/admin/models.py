@@ -1,7 +1,7 @@
 """Model policy as the admin API reports it: discovered models per backend, and the effective
 set of a tenant or key. The rule itself (names, the list, cloud models) is ``authz.models``'s,
-the one Check applies; this module only resolves a tenant's or key's records to it, key →
-tenant."""
+the one Check applies, and so is the key → tenant inheritance (``authz.models.inherit``);
+this module only feeds a tenant's or key's records to them."""
 
 from __future__ import annotations
 
@@ -33,19 +33,18 @@ def discovered(source: ModelSource | None) -> dict[str, frozenset[str]]:
 def policy(
     tenant: TenantRecord, key: KeyRecord | None, available: dict[str, frozenset[str]]
 ) -> Policy:
-    allow_all = tenant.allow_all
-    allowed = tenant.allowed_models
-    source = "tenant"
-    if key is not None and key.allow_all is not None:
-        allow_all, source = key.allow_all, "key"
-    if key is not None and key.allowed_models is not None:
-        allowed, source = key.allowed_models, "key"
+    found = rules.inherit(
+        tenant.allow_all,
+        tenant.allowed_models,
+        None if key is None else key.allow_all,
+        None if key is None else key.allowed_models,
+    )
     everything = rules.canonical_set(frozenset().union(*available.values()))
-    grant = rules.ModelGrant(allow_all, frozenset(allowed), tenant.allow_cloud)
+    grant = rules.ModelGrant(found.allow_all, frozenset(found.allowed), tenant.allow_cloud)
     chosen = rules.effective(grant, everything)
     return Policy(
-        allow_all=allow_all,
-        allowed=() if allow_all else allowed,
-        source=source,
+        allow_all=found.allow_all,
+        allowed=() if found.allow_all else found.allowed,
+        source=found.source,
         models=tuple(sorted(chosen)),
     )

@@ -13,7 +13,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from authz.provisioning import InvalidArgument, check_text
+from authz.admin.errors import InvalidArgument
+from authz.admin.validation import check_text
 
 _FORGED = "page_token is not one this server issued"
 

@@ -11,16 +11,16 @@ from typing import Any
 
 import asyncpg
 
-from authz.provisioning import (
+from authz.admin.columns import (
     CEILING_COLUMNS,
     KEY_LIMIT_COLUMNS,
     KEY_SETTING_COLUMNS,
     TENANT_LIMIT_COLUMNS,
     TENANT_SETTING_COLUMNS,
-    Connection,
-    NotFound,
-    check_text,
 )
+from authz.admin.errors import NotFound
+from authz.admin.sql import Connection
+from authz.admin.validation import check_text
 from gateway import apikeys
 
 

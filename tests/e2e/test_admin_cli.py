@@ -28,7 +28,7 @@ def run(gw: Gateway, *args: str, token: str | None = None) -> subprocess.Complet
     env["NZ_ADMIN_ADDR"] = f"127.0.0.1:{gw.stack.ports['admin']}"
     env["NZ_ADMIN_TOKEN"] = gw.stack.admin_token if token is None else token
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
+        [sys.executable, "-m", "neuronetz_gateway", *args],
         capture_output=True,
         text=True,
         env=env,

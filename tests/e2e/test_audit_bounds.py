@@ -163,7 +163,7 @@ def _retention(stack: Stack, url: str, *args: str, days: int | None = None) -> l
     if days is not None:
         env["NZ_AUDIT_RETENTION_DAYS"] = str(days)
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "audit", "retention", *args],
+        [sys.executable, "-m", "neuronetz_gateway", "audit", "retention", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import redis
 
-from authz import provisioning
+from authz.admin import keystore
 from gateway import throttlemap
 from tests.e2e.test_ratelimit import CHAT, OPENAI_CHAT
 from tests.gateway_client import Gateway
@@ -151,7 +151,7 @@ def test_a_raised_limit_is_not_refused_on_an_old_announcement(gw: Gateway) -> No
     assert chat(gw, key).status_code == 200
     assert chat(gw, key).status_code == 429
     until_authz_refuses(gw, key, tenant)
-    gw._db(lambda c: provisioning.update_key(c, created.key_id, {"requests_per_minute": 100}))
+    gw._db(lambda c: keystore.update_key(c, created.key_id, {"requests_per_minute": 100}))
     # Once authz reads the new limit (key_changed), the announcement made under 1/min no
     # longer applies: the RLS decides, and under 100/min it admits.
     deadline = time.monotonic() + 5

@@ -189,6 +189,17 @@ def test_help_and_generated_admin_stubs_work_from_root(installed: Installed) -> 
     assert result.returncode == 0, result.stderr
     for command in ("authz", "ratelimit", "accounting", "migrate", "dev", "create-key"):
         assert command in result.stdout
+    # The same command as a module (how the local stack and the workers start it)
+    as_module = subprocess.run(
+        [str(installed.venv / "bin" / "python"), "-m", "neuronetz_gateway", "--help"],
+        cwd="/",
+        env=installed.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert as_module.returncode == 0, as_module.stderr
+    assert as_module.stdout == result.stdout
     service = installed.python(
         "from protos.neuronetz.admin.v1 import admin_pb2;"
         "print(admin_pb2.DESCRIPTOR.services_by_name['AdminService'].full_name)"
@@ -197,19 +208,24 @@ def test_help_and_generated_admin_stubs_work_from_root(installed: Installed) -> 
 
 
 def test_the_wheel_carries_the_redis_scripts(installed: Installed) -> None:
-    """The Lua scripts are package data: the budget store's and the RLS window's."""
+    """The Lua scripts are package data: the budget store's, the key cache's and the RLS
+    window's."""
     listed = installed.python(
         "from importlib.resources import files; import gateway.budgets, gateway.leases;"
+        " import authz.keys;"
         " print(*sorted(p.name for p in (files('gateway') / 'lua').iterdir()),"
+        " *sorted(p.name for p in (files('authz') / 'lua').iterdir()),"
         " (files('ratelimit') / 'window.lua').name)"
     )
-    assert listed == "admit.lua renew.lua settle.lua window.lua"
+    assert listed == (
+        "admit.lua renew.lua settle.lua key_failure.lua key_revoke.lua key_store.lua window.lua"
+    )
 
 
 def test_the_services_and_the_cli_never_import_the_local_stack(installed: Installed) -> None:
     loaded = installed.python(
-        "import sys, authz.main, ratelimit.main, accounting.main, gateway.cli;"
-        "gateway.cli.build_parser();"
+        "import sys, authz.main, ratelimit.main, accounting.main, neuronetz_gateway.cli;"
+        "neuronetz_gateway.cli.build_parser();"
         "print(sorted({m.split('.')[0] for m in sys.modules}))"
     )
     assert "'devstack'" not in loaded

@@ -34,7 +34,7 @@ def _fresh_database(stack: Stack) -> str:
 def test_migrate_command_is_idempotent_and_records_files(stack: Stack) -> None:
     url = _fresh_database(stack)
     env = {**stack.service_env(), "NZ_DATABASE_URL": url}
-    cmd = [sys.executable, "-m", "gateway.cli", "migrate"]
+    cmd = [sys.executable, "-m", "neuronetz_gateway", "migrate"]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     assert "0001_schema.sql" in first.stdout
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)

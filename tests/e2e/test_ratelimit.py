@@ -342,7 +342,7 @@ def test_a_bad_static_file_stops_the_rls_at_start_up(gw: Gateway, tmp_path: Path
     env["NZ_RATELIMIT_LISTEN"] = "127.0.0.1:0"
     env["NZ_METRICS_PORT"] = "0"
     result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "ratelimit"],
+        [sys.executable, "-m", "neuronetz_gateway", "ratelimit"],
         env=env,
         capture_output=True,
         text=True,

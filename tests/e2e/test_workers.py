@@ -55,7 +55,7 @@ def test_each_service_runs_two_workers(two: Gateway) -> None:
         proc = two.stack.procs[name]
         assert proc.popen is not None
         workers = psutil.Process(proc.popen.pid).children(recursive=True)
-        assert len([w for w in workers if "gateway.cli" in " ".join(w.cmdline())]) == 2, name
+        assert len([w for w in workers if "neuronetz_gateway" in " ".join(w.cmdline())]) == 2, name
 
 
 def test_limits_hold_exactly_across_workers(two: Gateway) -> None:

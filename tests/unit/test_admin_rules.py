@@ -8,9 +8,10 @@ from google.protobuf import field_mask_pb2
 
 from authz.admin import pages
 from authz.admin.auth import TokenCheck, Verdict
-from authz.admin.server import key_changes, tenant_changes
+from authz.admin.convert import key_changes, tenant_changes
+from authz.admin.errors import InvalidArgument
 from authz.admin.usage import Dimension, UsageRow, roll_up
-from authz.provisioning import InvalidArgument, check_limits, check_tenant_name
+from authz.admin.validation import check_limits, check_tenant_name
 from protos.neuronetz.admin.v1 import admin_pb2 as pb
 
 

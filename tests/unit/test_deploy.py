@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.cli import build_parser
+from neuronetz_gateway.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,6 +58,10 @@ def test_compose_and_kubernetes_run_the_same_images_and_commands() -> None:
         "authz": ("neuronetz/authz:latest", ["authz"]),
         "ratelimit": ("neuronetz/authz:latest", ["ratelimit"]),
         "accounting": ("neuronetz/accounting:latest", ["accounting"]),
+        "envoy-check": (
+            "neuronetz/authz:latest",
+            ["envoy", "check", "--no-validate", "/etc/envoy/envoy.yaml"],
+        ),
     }
     assert _ours_in_compose() == expected
     assert _ours_in_kubernetes() == expected
@@ -83,6 +87,20 @@ def test_compose_builds_each_image_from_its_dockerfile() -> None:
 def test_every_command_is_one_the_cli_has(command: tuple[str, ...]) -> None:
     args = build_parser().parse_args(list(command))
     assert args.command == command[0]
+
+
+def test_envoy_starts_only_after_the_config_guard_passed() -> None:
+    compose = _compose()
+    condition = compose["envoy"]["depends_on"]["envoy-check"]["condition"]
+    assert condition == "service_completed_successfully"
+    assert compose["envoy-check"]["volumes"] == compose["envoy"]["volumes"]
+    (deployment,) = [d for d in _kubernetes() if d["kind"] == "Deployment"]
+    spec = deployment["spec"]["template"]["spec"]
+    first = spec["initContainers"][0]  # a plain init container: the pod waits for it
+    assert first["name"] == "envoy-check"
+    assert "restartPolicy" not in first
+    (envoy,) = [c for c in spec["containers"] if c["name"] == "envoy"]
+    assert first["volumeMounts"] == envoy["volumeMounts"]
 
 
 def test_migrations_run_once_per_rollout_not_in_every_pod() -> None:

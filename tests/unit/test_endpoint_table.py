@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from authz import fields, payload
+from authz import check, fields, payload
 from authz.request import AuthzRequest
 from gateway import endpoints, rewrite
 from gateway.endpoints import Kind, Scope, Surface
@@ -175,3 +175,64 @@ def test_only_opt_in_streams_are_made_to_ask_for_usage(path: str, asked: bool) -
     assert ("stream_options" in out) is asked
     if asked:
         assert out["stream_options"] == {"include_usage": True}
+
+
+def test_the_table_names_the_key_header_and_the_listing_of_each_endpoint() -> None:
+    key_headers = {p: e.key_header for (_, p), e in endpoints.ENDPOINTS.items() if e.key_header}
+    assert key_headers == {"/v1/messages": "x-api-key"}
+    assert endpoints.KEY_HEADERS == ("authorization", "x-api-key")
+    listed = {p: e.listing for (_, p), e in endpoints.ENDPOINTS.items() if e.listing}
+    assert listed == {"/api/tags": "tags", "/api/ps": "ps", "/v1/models": "models"}
+    assert endpoints.MODEL_DETAIL.listing == "model"
+    assert endpoints.MODEL_DETAIL.key_header is None
+    # Every listing kind answers exactly one thing; no other kind is a listing.
+    for e in (*endpoints.ENDPOINTS.values(), endpoints.MODEL_DETAIL):
+        assert (e.listing is not None) is (e.kind is Kind.LISTING), e.path
+    assert endpoints.model_in_path("/v1/models/library%2Fllama3:8b") == "library/llama3:8b"
+    assert endpoints.model_in_path("/v1/models/qwen3:0.6b") == "qwen3:0.6b"
+    caps = endpoints.OUTPUT_CAP_FIELDS
+    assert caps == {"max_tokens", "max_completion_tokens", "max_output_tokens"}
+
+
+def _key_request(path: str, headers: dict[str, list[str]]) -> AuthzRequest:
+    return AuthzRequest("POST", path, headers, b"{}")
+
+
+KEY = "nz_live_abcdefgh_" + "s" * 32
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "presented"),
+    [
+        ("/v1/messages", {"x-api-key": [KEY]}, KEY),
+        ("/v1/messages", {"authorization": [f"Bearer {KEY}"]}, KEY),
+        ("/v1/messages", {"x-api-key": [KEY], "authorization": [f"Bearer {KEY}"]}, None),
+        ("/v1/messages", {"x-api-key": [KEY, KEY]}, None),
+        ("/v1/chat/completions", {"x-api-key": [KEY]}, None),  # only Anthropic's endpoint
+        ("/api/chat", {"x-api-key": [KEY]}, None),
+        ("/api/chat", {"x-api-key": [KEY], "authorization": [f"Bearer {KEY}"]}, KEY),
+        ("/v1/models/x-api-key", {"x-api-key": [KEY]}, None),
+    ],
+)
+def test_the_key_is_read_from_the_endpoints_key_header_only(
+    path: str, headers: dict[str, list[str]], presented: str | None
+) -> None:
+    assert check.presented_key(_key_request(path, headers)) == presented
+
+
+@pytest.mark.parametrize(
+    ("path", "cap"),
+    [
+        ("/v1/chat/completions", {"max_tokens": 7, "max_completion_tokens": 7}),
+        ("/v1/completions", {"max_tokens": 7}),
+        ("/v1/responses", {"max_output_tokens": 7}),
+        ("/v1/messages", {"max_tokens": 7}),
+    ],
+)
+def test_the_output_cap_fields_are_not_prompt(path: str, cap: dict[str, int]) -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    text = {"input": "hi"} if path == "/v1/responses" else {"messages": messages}
+    if path == "/v1/completions":
+        text = {"prompt": "hi"}
+    bare = _parse(path, {"model": "m", **text}).prompt_estimate
+    assert _parse(path, {"model": "m", **text, **cap}).prompt_estimate == bare

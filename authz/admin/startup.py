@@ -1,5 +1,6 @@
 """Start the admin gRPC server inside the authz process, on ``admin_listen`` (loopback by
-default), with health and reflection so grpcurl needs no .proto file."""
+default), with health and reflection so grpcurl needs no .proto file, and the interceptor that
+guards every AdminService call (:mod:`authz.admin.interceptor`)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import grpc
 import redis.asyncio as aioredis
 
 from authz.admin.auth import TokenCheck
+from authz.admin.interceptor import AdminInterceptor
 from authz.admin.models import ModelSource
-from authz.admin.server import SERVICE_NAME, register
-from authz.admin.service import Admin
+from authz.admin.operations import Admin
+from authz.admin.servicer import SERVICE_NAME, register
 from gateway import apikeys, grpcserver, logs
 from gateway.settings import Settings
 
@@ -46,7 +48,11 @@ async def start(
     hasher = apikeys.hasher(cfg.argon2_time_cost, cfg.argon2_memory_kib)
     admin = Admin(pool, hasher, list(cfg.ollama_urls), discovery=discovery, redis=redis)
     server = await grpcserver.start(
-        cfg.admin_listen, [register(admin, tokens)], [SERVICE_NAME], reuse_port=cfg.worker
+        cfg.admin_listen,
+        [register(admin)],
+        [SERVICE_NAME],
+        reuse_port=cfg.worker,
+        interceptors=[AdminInterceptor(tokens)],
     )
     _log.info("admin_serving", listen=cfg.admin_listen)
     return server

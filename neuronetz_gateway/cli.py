@@ -1,4 +1,7 @@
-"""``neuronetz-gateway``: run a service, migrate, or start the whole local stack."""
+"""``neuronetz-gateway``: run a service, migrate, or start the whole local stack.
+
+Run as ``neuronetz-gateway`` (the console script) or ``python -m neuronetz_gateway``.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +14,12 @@ from collections.abc import Sequence
 import uvloop
 
 from gateway import workers
+from gateway.envoyguard import command as envoy_check
 from gateway.services import SERVICE_MODULES
 from gateway.settings import load_settings
+
+# How the workers of ``--workers`` run: this command again, as a module.
+WORKER_COMMAND = (sys.executable, "-m", "neuronetz_gateway")
 
 
 def _run_service(name: str, workers_flag: int | None = None) -> int:
@@ -20,7 +27,8 @@ def _run_service(name: str, workers_flag: int | None = None) -> int:
     if workers_flag is not None:
         cfg = cfg.model_copy(update={"workers": max(1, workers_flag)})
     if cfg.workers > 1 and not cfg.worker:
-        return workers.supervise(name, cfg.workers, cfg.metrics_port)
+        command = [*WORKER_COMMAND, name]
+        return workers.supervise(name, command, cfg.workers, cfg.metrics_port)
     module = importlib.import_module(SERVICE_MODULES[name])
     # uvloop: the services' event loop (grpc aio, asyncpg, redis) runs ~1.5x the Checks/s.
     uvloop.run(module.run(cfg))
@@ -143,6 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--state-file", help="write the stack's URLs and demo key here as JSON")
     dev.add_argument("--work-dir", help="keep the stack's data here (default: a temp dir)")
     dev.set_defaults(func=_dev)
+    envoy = sub.add_parser("envoy", help="the Envoy config platform teams edit")
+    envoy_sub = envoy.add_subparsers(dest="envoy_command", required=True)
+    check = envoy_sub.add_parser(
+        "check",
+        help="refuse an Envoy config that switches the gateway's protection off",
+        description="Parse each config into Envoy's typed messages, run envoy --mode validate "
+        "when Envoy is at hand, and check the gateway's invariants (docs/PLATFORM.md).",
+    )
+    envoy_check.add_arguments(check)
+    check.set_defaults(func=envoy_check.run_parsed)
     from gateway import admincli  # operator subcommands: thin clients of the admin API
 
     admincli.add_subcommands(sub)
@@ -153,7 +171,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result
-
-
-if __name__ == "__main__":
-    sys.exit(main())

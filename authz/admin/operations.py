@@ -2,8 +2,9 @@
 
 Every mutating operation runs in one transaction with its ``gateway.admin_audit`` row. authz
 replicas learn of changes through Postgres NOTIFY (``key_revoked`` from the revocations
-trigger, ``key_changed`` from :mod:`authz.provisioning`). Reads never select a key's hash;
-the full key leaves only through :meth:`Admin.create_key`'s return value.
+trigger, ``key_changed`` from the stores, :mod:`authz.admin.tenantstore` and
+:mod:`authz.admin.keystore`). Reads never select a key's hash; the full key leaves only
+through :meth:`Admin.create_key`'s return value. :mod:`authz.admin.servicer` is its gRPC edge.
 """
 
 from __future__ import annotations
@@ -17,10 +18,21 @@ import asyncpg
 import redis.asyncio as aioredis
 from argon2 import PasswordHasher
 
-from authz import provisioning
-from authz.admin import audit, backends, budgets, models, pages, records, usage
+from authz.admin import (
+    audit,
+    backends,
+    budgets,
+    keystore,
+    models,
+    pages,
+    records,
+    tenantstore,
+    usage,
+)
+from authz.admin.errors import InvalidArgument, NotFound
 from authz.admin.records import KeyRecord, TenantRecord
-from authz.provisioning import InvalidArgument
+from authz.admin.sql import Connection
+from authz.admin.validation import check_text
 from gateway.periods import Period
 
 
@@ -67,7 +79,7 @@ class Admin:
         limits: Mapping[str, int | None],
     ) -> TenantRecord:
         async with self.pool.acquire() as conn, conn.transaction():
-            tenant_id = await provisioning.create_tenant(
+            tenant_id = await tenantstore.create_tenant(
                 conn,
                 name,
                 allow_all=allow_all,
@@ -102,17 +114,17 @@ class Admin:
             raise InvalidArgument("nothing to change: set a field or name it in update_mask")
         async with self.pool.acquire() as conn, conn.transaction():
             tenant = await records.tenant(conn, ref)
-            await provisioning.update_tenant(conn, tenant.id, changes)
+            await tenantstore.update_tenant(conn, tenant.id, changes)
             await audit.record(conn, "UpdateTenant", f"tenant:{tenant.name}", changes)
             updated = await records.tenant(conn, tenant.id)
         return updated
 
     async def set_tenant_status(self, ref: str, status: str, reason: str = "") -> TenantRecord:
         operation = "DisableTenant" if status == "disabled" else "EnableTenant"
-        provisioning.check_text("the reason", reason, 500)
+        check_text("the reason", reason, 500)
         async with self.pool.acquire() as conn, conn.transaction():
             tenant = await records.tenant(conn, ref)
-            await provisioning.set_tenant_status(conn, tenant.id, status)
+            await tenantstore.set_tenant_status(conn, tenant.id, status)
             details = {"reason": reason} if reason else {}
             await audit.record(conn, operation, f"tenant:{tenant.name}", details)
             updated = await records.tenant(conn, tenant.id)
@@ -137,7 +149,7 @@ class Admin:
             raise InvalidArgument("expires_at is in the past")
         async with self.pool.acquire() as conn, conn.transaction():
             tenant = await records.tenant(conn, tenant_ref)
-            created = await provisioning.create_key(
+            created = await keystore.create_key(
                 conn,
                 self.hasher,
                 tenant.id,
@@ -185,7 +197,7 @@ class Admin:
             raise InvalidArgument("nothing to change: set a field or name it in update_mask")
         async with self.pool.acquire() as conn, conn.transaction():
             key = await records.key(conn, ref)
-            await provisioning.update_key(conn, key.id, changes)
+            await keystore.update_key(conn, key.id, changes)
             await audit.record(conn, "UpdateKey", f"key:{key.prefix}", changes)
             updated = await records.key(conn, key.id)
         return updated
@@ -193,7 +205,7 @@ class Admin:
     async def revoke_key(self, ref: str, reason: str) -> KeyRecord:
         async with self.pool.acquire() as conn, conn.transaction():
             key = await records.key(conn, ref)
-            revoked = await provisioning.revoke_key(conn, key.id, reason)
+            revoked = await keystore.revoke_key(conn, key.id, reason)
             details = {"reason": reason.strip(), "already_revoked": not revoked}
             await audit.record(conn, "RevokeKey", f"key:{key.prefix}", details)
             updated = await records.key(conn, key.id)
@@ -203,7 +215,7 @@ class Admin:
         when = at or self.now()
         async with self.pool.acquire() as conn, conn.transaction():
             key = await records.key(conn, ref)
-            await provisioning.expire_key(conn, key.id, when)
+            await keystore.expire_key(conn, key.id, when)
             await audit.record(conn, "ExpireKey", f"key:{key.prefix}", {"expires_at": when})
             updated = await records.key(conn, key.id)
         return updated
@@ -233,7 +245,7 @@ class Admin:
         if backend:
             backend = backend.rstrip("/")
             if backend not in found and backend not in self.backend_urls:
-                raise provisioning.NotFound(f"no backend {backend!r}")
+                raise NotFound(f"no backend {backend!r}")
             found = {backend: found.get(backend, frozenset())}
         return {url: sorted(names) for url, names in sorted(found.items())}
 
@@ -266,7 +278,7 @@ class Admin:
     # -- helpers ------------------------------------------------------------------------
 
     async def _resolve(
-        self, conn: provisioning.Connection, target: Target
+        self, conn: Connection, target: Target
     ) -> tuple[KeyRecord | None, TenantRecord]:
         if bool(target.tenant) == bool(target.key):
             raise InvalidArgument("name exactly one target: a tenant or a key")
