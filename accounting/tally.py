@@ -115,15 +115,10 @@ class Tally:
             if isinstance(usage, dict):
                 self.tokens_in = _int(usage.get("input_tokens"))
             return
-        if kind == "message_delta":  # Anthropic: output tokens in the final delta
-            if isinstance(usage, dict):
-                self._usage(usage)
-                self.final = True
-            return
         if kind == "response.completed":  # Responses API: usage in the completed event
             response = value.get("response")
             usage = response.get("usage") if isinstance(response, dict) else None
-        if isinstance(usage, dict):
+        if isinstance(usage, dict):  # chat, completions; Anthropic's final message_delta
             self._usage(usage)
             # /v1/completions repeats a (zero) usage on every content chunk: in a stream, only
             # the usage chunk (no choices) ends the response.

@@ -72,7 +72,6 @@ class Windows:
     def __init__(
         self, redis: aioredis.Redis | RedisCluster, deadline_s: float, clock: Clock = None
     ) -> None:
-        self._redis = redis
         self._script = redis.register_script(_SCRIPT)
         self._per_slot = isinstance(redis, RedisCluster)
         self._deadline = deadline_s

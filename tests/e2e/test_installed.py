@@ -232,6 +232,23 @@ def test_the_services_and_the_cli_never_import_the_local_stack(installed: Instal
     assert "'gateway'" in loaded and "'authz'" in loaded
 
 
+def test_envoy_check_passes_the_shipped_config_and_refuses_an_open_one(
+    installed: Installed,
+) -> None:
+    """What the images run before Envoy starts (compose's envoy-check, the pod's first init
+    container): the config the package ships passes, an edit that fails open is refused."""
+    shipped = installed.run("envoy", "check", "--no-validate")
+    assert shipped.returncode == 0, shipped.stdout + shipped.stderr
+    assert shipped.stdout.strip() == "ok: 1 file(s) keep every invariant"
+    config = installed.work / "open.yaml"
+    text = (ROOT / "envoy" / "envoy.yaml").read_text()
+    assert text.count("failure_mode_allow: false") >= 1
+    config.write_text(text.replace("failure_mode_allow: false", "failure_mode_allow: true", 1))
+    opened = installed.run("envoy", "check", "--no-validate", "--json", str(config))
+    assert opened.returncode == 1, opened.stderr
+    assert "B-failure-mode" in {v["invariant"] for v in json.loads(opened.stdout)}
+
+
 def test_dev_without_the_local_extra_says_what_to_install(installed: Installed) -> None:
     result = installed.run("dev")
     assert result.returncode == 1

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accounting.frames import LineSplitter, NdjsonParser, SseParser
+from accounting.frames import (
+    MAX_FRAME_BYTES,
+    LineSplitter,
+    NdjsonFrame,
+    NdjsonParser,
+    SseEvent,
+    SseParser,
+    decode_json,
+)
 
 NATIVE = [
     {"model": "m", "message": {"role": "assistant", "content": "Grüße 🌍"}, "done": False},
@@ -112,3 +121,145 @@ def test_an_endless_line_is_dropped_not_buffered_forever() -> None:
     assert [line for line, _ in splitter.feed(b"x" * 100)] == [b""]
     lines = splitter.feed(b"yyy\nok\n")
     assert [line for line, _ in lines] == [b"", b"ok"]
+
+
+# -- exact frames: raw bytes, line ends, the limit, the end of the stream ------------------------
+
+
+def test_ndjson_frames_keep_their_raw_bytes_line_end_included() -> None:
+    parser = NdjsonParser()
+    frames = parser.feed(b'{"a": 1}\r\nnot json\n\n{"b"') + parser.finish()
+    assert frames == [
+        NdjsonFrame({"a": 1}, b'{"a": 1}\r\n'),
+        NdjsonFrame(None, b"not json\n"),
+        NdjsonFrame(None, b"\n"),
+        NdjsonFrame(None, b'{"b"'),
+    ]
+
+
+def test_ndjson_last_frame_keeps_its_raw_bytes() -> None:
+    parser = NdjsonParser()
+    assert parser.feed(b'{"done": true}\r') == []
+    assert parser.finish() == [NdjsonFrame({"done": True}, b'{"done": true}\r')]
+    assert parser.finish() == []
+
+
+def test_ndjson_the_tail_of_an_endless_line_is_no_frame() -> None:
+    parser = NdjsonParser()
+    endless = b"x" * (MAX_FRAME_BYTES + 1)
+    assert parser.feed(endless) == [NdjsonFrame(None, endless)]
+    # The rest of that line reads as JSON on its own, but it is still the endless line.
+    assert parser.feed(b'{"a": 1}') == []
+    assert parser.finish() == [NdjsonFrame(None, b'{"a": 1}')]
+
+
+@pytest.mark.parametrize(
+    ("line", "value"),
+    [
+        (b'{"a": 1}', {"a": 1}),
+        (b'  {"a": 1}\t', {"a": 1}),
+        (b"[1, 2]", [1, 2]),
+        (b"7", 7),
+        (b"", None),
+        (b"   ", None),
+        (b"not json", None),
+        (b'{"a": ', None),
+        (b'{"a": "\xff"}', None),  # broken UTF-8
+    ],
+)
+def test_decode_json(line: bytes, value: object) -> None:
+    assert decode_json(line) == value
+
+
+def test_a_line_exactly_at_the_limit_is_kept() -> None:
+    splitter = LineSplitter(max_line=4)
+    assert splitter.feed(b"abcd") == []
+    assert splitter.feed(b"\n") == [(b"abcd", b"abcd\n")]
+
+
+def test_a_line_one_byte_over_the_limit_is_dropped_raw_bytes_kept() -> None:
+    splitter = LineSplitter(max_line=4)
+    assert splitter.feed(b"abcde") == [(b"", b"abcde")]
+    assert splitter.feed(b"fg\nok\r\n") == [(b"", b"fg\n"), (b"ok", b"ok\r\n")]
+    assert splitter.flush() is None
+
+
+def test_the_tail_of_an_endless_line_at_the_end_of_the_stream_is_no_line() -> None:
+    splitter = LineSplitter(max_line=4)
+    assert splitter.feed(b"abcde") == [(b"", b"abcde")]
+    assert splitter.feed(b"fg") == []
+    assert splitter.flush() == (b"", b"fg")
+
+
+@pytest.mark.parametrize(
+    ("tail", "line"),
+    [
+        (b"ab", b"ab"),
+        (b"ab\r", b"ab"),
+        (b"ab\r\r", b"ab"),
+        (b"ab \r", b"ab "),  # only CRs go, not other white space
+        (b"\rab", b"\rab"),  # only at the end
+        (b"abX\r", b"abX"),
+    ],
+)
+def test_the_last_line_without_lf_loses_its_cr(tail: bytes, line: bytes) -> None:
+    splitter = LineSplitter()
+    assert splitter.feed(tail) == []
+    assert splitter.flush() == (line, tail)
+    assert splitter.flush() is None
+
+
+def test_sse_an_event_without_an_event_field_is_named_empty() -> None:
+    parser = SseParser()
+    assert parser.feed(b"data: 1\n\nevent: ping\ndata: 2\n\ndata: 3\n\n") == [
+        SseEvent("", "1", b"data: 1\n\n"),
+        SseEvent("ping", "2", b"event: ping\ndata: 2\n\n"),
+        SseEvent("", "3", b"data: 3\n\n"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("stream", "event"),
+    [
+        (b"data:x\n\n", SseEvent("", "x", b"data:x\n\n")),  # no space after the colon
+        (b"data:  x\n\n", SseEvent("", " x", b"data:  x\n\n")),  # only one space goes
+        (b"data\n\n", SseEvent("", "", b"data\n\n")),  # a field without a colon
+        (b"data: a:b\n\n", SseEvent("", "a:b", b"data: a:b\n\n")),
+        (b": c\ndata: x\n\n", SseEvent("", "x", b": c\ndata: x\n\n")),
+        (b":data: c\n\n", SseEvent("", "", b":data: c\n\n")),  # a comment, not data
+        (b"id: 1\nretry: 5\ndata: x\n\n", SseEvent("", "x", b"id: 1\nretry: 5\ndata: x\n\n")),
+        (b"event: a\nevent: b\n\n", SseEvent("b", "", b"event: a\nevent: b\n\n")),
+        (b"data: \xff\n\n", SseEvent("", "\ufffd", b"data: \xff\n\n")),  # broken UTF-8
+    ],
+)
+def test_sse_field_rules(stream: bytes, event: SseEvent) -> None:
+    parser = SseParser()
+    assert parser.feed(stream) == [event]
+    assert parser.finish() == []
+
+
+def test_sse_last_line_without_lf_loses_its_cr() -> None:
+    parser = SseParser()
+    assert parser.feed(b"data: x\r") == []
+    assert parser.finish() == [SseEvent("", "x", b"data: x\r")]
+
+
+def test_sse_a_stream_ending_in_a_bare_cr_ends_its_event_there() -> None:
+    parser = SseParser()
+    assert parser.feed(b"data: x\n\r") == []
+    assert parser.finish() == [SseEvent("", "x", b"data: x\n\r")]
+    assert parser.finish() == []
+
+
+@pytest.mark.parametrize(
+    ("data", "value"),
+    [
+        ('{"a": 1}', {"a": 1}),
+        ("[1]", [1]),
+        ("", None),
+        ("[DONE]", None),
+        ("not json", None),
+    ],
+)
+def test_sse_event_json(data: str, value: object) -> None:
+    assert SseEvent("", data, b"").json() == value

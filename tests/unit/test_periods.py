@@ -4,6 +4,9 @@ Every expected value below is written out by hand, not computed."""
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -127,6 +130,36 @@ def test_periods_are_utc_whatever_the_offset_of_now() -> None:
     assert periods.start(Period.MONTHLY, now) == utc(2026, 2, 1)
     assert periods.reset_at(Period.MONTHLY, now) == utc(2026, 3, 1)
     assert periods.bucket(Period.DAILY, now) == "2026-02-01"
+
+
+@pytest.fixture(params=["JST-9", "EST+5"])
+def server_time_zone(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The process's local time zone set to UTC+9 or UTC-5 (POSIX TZ strings), then put back."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = request.param
+    time.tzset()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
+
+
+@pytest.mark.usefixtures("server_time_zone")
+def test_periods_are_utc_whatever_the_time_zone_of_the_server() -> None:
+    # 20:00 UTC on March 15 is already March 16 in Tokyo; 02:00 UTC still March 14 in New York.
+    for now in (utc(2026, 3, 15, 20), utc(2026, 3, 15, 2)):
+        assert periods.start(Period.DAILY, now) == utc(2026, 3, 15)
+        assert periods.reset_at(Period.DAILY, now) == utc(2026, 3, 16)
+        assert periods.bucket(Period.DAILY, now) == "2026-03-15"
+    assert periods.seconds_until_reset(Period.DAILY, utc(2026, 3, 15, 20)) == 4 * 3_600
+    for now in (utc(2026, 1, 31, 20), utc(2026, 1, 1, 2)):
+        assert periods.start(Period.MONTHLY, now) == utc(2026, 1, 1)
+        assert periods.reset_at(Period.MONTHLY, now) == utc(2026, 2, 1)
+        assert periods.bucket(Period.MONTHLY, now) == "2026-01"
 
 
 @given(
