@@ -34,6 +34,9 @@ from gateway.storage import pg_pool, redis_client
 from gateway.storeerrors import POSTGRES_ERRORS, REDIS_ERRORS
 
 _DRAIN_S = 10.0
+# At SIGTERM, after the last observed stream ended: its access-log entry (Envoy flushes its
+# gRPC access log every 0.1 s, envoy.yaml) still arrives.
+_ACCESS_LOG_FLUSH_S = 1.0
 
 
 async def audit_maintenance(pool: asyncpg.Pool, cfg: Settings) -> None:
@@ -63,7 +66,8 @@ async def audit_maintenance(pool: asyncpg.Pool, cfg: Settings) -> None:
 async def run(cfg: Settings) -> None:
     logs.configure("accounting", cfg.log_level)
     log = logs.get("accounting")
-    metrics.serve(cfg.metrics_port)
+    health = grpcserver.Health()  # its gRPC server's: /readyz answers from it
+    metrics.serve(cfg.metrics_port, cfg.metrics_addr, health.serving)
     # min_size 0: accounting starts (and buffers) even while Postgres is down.
     pool = await pg_pool(cfg.database_url, min_size=0, max_size=8)
     redis = redis_client(cfg.redis_url, max(cfg.redis_timeout_s, 1.0))
@@ -163,12 +167,27 @@ async def run(cfg: Settings) -> None:
         server.register(processor, accept),
         [server.EXT_PROC_SERVICE, server.ACCESS_LOG_SERVICE],
         reuse_port=cfg.worker,
+        health=health,
     )
     log.info("serving", listen=cfg.accounting_listen)
 
     async def stop() -> None:
-        # Envoy's streams are closed (grace period over): settle what is pending, then write
-        # every buffered row before exiting, so a restart loses nothing.
+        # NOT_SERVING first: authz admits no more inference. In a pod Envoy has drained and
+        # exited before this process gets SIGTERM (native sidecars), so no stream is open.
+        # Otherwise the server keeps serving Envoy for the streams still open, up to the
+        # grace, and for their access-log entries: Envoy sends those on a new stream once it
+        # has seen the server go away, and a stopped server would refuse it (row lost).
+        log.info("stopping", open_streams=len(inflight.open))
+        await health.shut_down()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cfg.accounting_stop_grace_s
+        while inflight.open and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(max(0.0, min(_ACCESS_LOG_FLUSH_S, deadline - loop.time())))
+        await grpc_server.stop(grace=0)  # a stream still open now is cut and settled as cut
+        log.info("grpc stopped", streams_cut=len(inflight.open))
+        # Settle what is pending, then write every buffered row before exiting, so a restart
+        # loses nothing.
         await settler.wait_idle(_DRAIN_S)
         # What ended during the drain leaves the in-flight snapshot: the next accounting of
         # this instance must not settle it again.
@@ -193,5 +212,7 @@ async def run(cfg: Settings) -> None:
         await debits.close()
         await redis.aclose()
         await pool.close()
+        log.info("stopped", settlements_left=settler.pending)
 
-    await grpcserver.serve_until_signalled([grpc_server], on_stop=stop)
+    # The gRPC server is stopped by ``stop`` (its grace is a setting), not by the helper.
+    await grpcserver.serve_until_signalled([], on_stop=stop)

@@ -76,7 +76,7 @@ class StreamAccount:
         self.status = 0
         self.strip_usage = info.strip_usage
         self.prompt: Any = None
-        self._tally = Tally(info.endpoint, info.prompt_estimate)
+        self._tally = Tally(info.prompt_estimate)
         self._framing = ""  # "ndjson" | "sse" | "json" | "" (not parsed)
         self._ndjson = NdjsonParser()
         self._sse = SseParser()
@@ -97,7 +97,7 @@ class StreamAccount:
         # authz's estimate covers every prompt-bearing field (it is what it reserved); this
         # process's own four-characters-a-token guess over the text fields is the fallback.
         estimate = self.info.prompt_estimate or estimate_tokens(_prompt_text(self.prompt))
-        self._tally = Tally(self.info.endpoint, estimate)
+        self._tally = Tally(estimate)
         limits = rewrite.Limits(
             endpoint=self.info.endpoint,
             stream=self.info.stream,

@@ -47,10 +47,9 @@ def estimate_tokens(text: str) -> int:
 
 
 class Tally:
-    """Accumulates what the frames of one response say. ``endpoint`` is the normalised path."""
+    """Accumulates what the frames of one response say."""
 
-    def __init__(self, endpoint: str, prompt_estimate: int = 0) -> None:
-        self.endpoint = endpoint
+    def __init__(self, prompt_estimate: int = 0) -> None:
         self.tokens_in: int | None = None
         self.tokens_out: int | None = None
         self.error: str | None = None

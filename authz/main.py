@@ -26,7 +26,8 @@ _FIRST_ACCOUNTING_S = 3.0
 async def run(cfg: Settings) -> None:
     logs.configure("authz", cfg.log_level)
     log = logs.get("authz")
-    metrics.serve(cfg.metrics_port)
+    health = grpcserver.Health()  # its gRPC server's: /readyz answers from it
+    metrics.serve(cfg.metrics_port, cfg.metrics_addr, health.serving)
     pool = await pg_pool(cfg.database_url)
     redis = redis_client(cfg.redis_url, cfg.redis_timeout_s)
     ph = apikeys.hasher(cfg.argon2_time_cost, cfg.argon2_memory_kib)
@@ -73,6 +74,7 @@ async def run(cfg: Settings) -> None:
         [server.register(authorizer)],
         [server.SERVICE_NAME],
         reuse_port=cfg.worker,
+        health=health,
     )
     log.info("serving", listen=cfg.authz_listen, backends=len(cfg.ollama_urls))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import signal
 import sys
@@ -83,10 +84,16 @@ Ctrl-C stops everything this command started.
 
 
 def run_dev(args: argparse.Namespace) -> int:
+    as_pod = os.environ.get("NZ_DEV_POD") == "1"
     config = StackConfig(
         work_dir=Path(args.work_dir) if args.work_dir else None,
         ollama_urls=[u.rstrip("/") for u in args.ollama_url],
         listener_port=args.port,
+        # NZ_DEV_POD=1: as a pod runs it (tests/e2e/test_pod_network.py): Envoy's listener on
+        # 0.0.0.0 (envoy.yaml) under `envoy run` (its probe port); the services' probes follow
+        # NZ_METRICS_ADDR
+        listener_addr="0.0.0.0" if as_pod else "127.0.0.1",
+        supervise_envoy=as_pod,
         log_level="info",
     )
     stop = threading.Event()
@@ -105,6 +112,8 @@ def run_dev(args: argparse.Namespace) -> int:
             "ollama_url": stack.ollama_urls[0],
             "ollama_urls": stack.ollama_urls,
             "envoy_admin": stack.envoy_admin,
+            # Every port: the services' gRPC and metrics ports ("authz", "authz_metrics", …).
+            "ports": stack.ports,
             "logs": str(stack.work_dir / "logs"),
             "cli": _cli(),
             # Every process this command started (all stop on Ctrl-C / SIGTERM).

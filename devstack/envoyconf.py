@@ -49,16 +49,18 @@ def render(
     admin_port: int,
     clusters: Mapping[str, Sequence[tuple[str, int]]],
     edge: EdgeLimits | None = None,
+    listener_addr: str = "127.0.0.1",
 ) -> dict[str, Any]:
-    """The config at ``source`` with the listener, admin and named clusters re-pointed, and
-    the ``edge`` limits that are set."""
+    """The config at ``source`` with the listener (on ``listener_addr``: loopback unless the
+    stack stands for a pod, tests/e2e/test_pod_network.py), admin and named clusters
+    re-pointed, and the ``edge`` limits that are set."""
     config: dict[str, Any] = yaml.safe_load(source.read_text(encoding="utf-8"))
     if edge is not None:
         _apply_edge(config, edge)
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
     for listener in config["static_resources"]["listeners"]:
         if listener["name"] == "gateway":
-            listener["address"]["socket_address"]["address"] = "127.0.0.1"
+            listener["address"]["socket_address"]["address"] = listener_addr
             listener["address"]["socket_address"]["port_value"] = listener_port
     for cluster in config["static_resources"]["clusters"]:
         endpoints = clusters.get(cluster["name"])

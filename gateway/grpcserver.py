@@ -4,13 +4,42 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health as health_v1
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 Register = Callable[[grpc.aio.Server], None]
+
+
+class Health:
+    """A server's gRPC health (``grpc.health.v1``: its services and ""), and the same state
+    as a flag a plain thread may read: ``/readyz`` (gateway/metrics.py) answers from it.
+    SERVING once the server listens; NOT_SERVING for good from the moment it shuts down."""
+
+    def __init__(self) -> None:
+        self.servicer = health_v1.aio.HealthServicer()
+        self._serving = False
+
+    def serving(self) -> bool:
+        return self._serving
+
+    async def start(self, names: Iterable[str]) -> None:
+        for name in [*names, ""]:
+            await self.servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def listening(self) -> None:
+        self._serving = True
+
+    async def shut_down(self) -> None:
+        self._serving = False
+        await self.servicer.enter_graceful_shutdown()
+
+
+_HEALTH: weakref.WeakKeyDictionary[grpc.aio.Server, Health] = weakref.WeakKeyDictionary()
 
 
 async def start(
@@ -20,11 +49,13 @@ async def start(
     *,
     reuse_port: bool = False,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    health: Health | None = None,
 ) -> grpc.aio.Server:
     """Bind ``listen`` (host:port), add the services, health (all SERVING) and reflection.
     ``reuse_port``: one of several workers on the port (gateway/workers.py); otherwise a port
     already taken is an error, not a silent second server. ``interceptors`` see every call,
-    health and reflection included (the admin API's guards only its own service)."""
+    health and reflection included (the admin API's guards only its own service). ``health``:
+    the one ``/readyz`` reads (gateway/metrics.py); by default a health of its own."""
     server = grpc.aio.server(
         interceptors=list(interceptors),
         options=[
@@ -37,10 +68,9 @@ async def start(
     for add in register:
         add(server)
     names = list(service_names)
-    checker = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
-    for name in [*names, ""]:
-        await checker.set(name, health_pb2.HealthCheckResponse.SERVING)
+    state = health if health is not None else Health()
+    health_pb2_grpc.add_HealthServicer_to_server(state.servicer, server)
+    await state.start(names)
     reflection.enable_server_reflection(
         [
             *names,
@@ -52,6 +82,8 @@ async def start(
     if server.add_insecure_port(listen) == 0:
         raise OSError(f"cannot bind gRPC server to {listen}")
     await server.start()
+    state.listening()
+    _HEALTH[server] = state
     return server
 
 
@@ -63,6 +95,8 @@ async def serve_until_signalled(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    # NOT_SERVING (gRPC health and /readyz) the moment the shutdown starts.
+    await asyncio.gather(*(_HEALTH[s].shut_down() for s in servers if s in _HEALTH))
     await asyncio.gather(*(s.stop(grace=2) for s in servers))
     if on_stop is not None:
         await on_stop()

@@ -5,6 +5,10 @@ The SQL files ship inside the package (``gateway/migrations``, package data) and
 ``importlib.resources``, so an installed wheel finds them from any working directory. Each
 applied file is recorded with its SHA-256; a file changed after it was applied is refused
 (write a new migration instead). Finding no migration at all is an error, never "up to date".
+
+Two ``migrate`` runs at once (two rollouts, a retried Job) take turns on the advisory lock; the
+wait for it is bounded (``NZ_MIGRATE_LOCK_TIMEOUT_S``), so a run stuck behind a hung one fails
+with a clear error instead of hanging its Job forever.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 
 import asyncpg
+from asyncpg.exceptions import LockNotAvailableError
+
+from gateway.settings import load_settings
 
 SHIPPED: Traversable = files("gateway") / "migrations"
 _LOCK_ID = 0x6E7A_6777  # "nzgw"
@@ -88,12 +95,39 @@ async def status(database_url: str, directory: Traversable = SHIPPED) -> list[Mi
     return states
 
 
-async def apply(database_url: str, directory: Traversable = SHIPPED) -> list[str]:
-    """Apply pending migrations; returns the names applied by this call."""
+async def _lock(conn: asyncpg.Connection, timeout_s: float) -> None:
+    """Take the migration lock, waiting at most ``timeout_s`` for another run to release it.
+    The bound holds for this statement only (``SET LOCAL``): the migrations run under the
+    server's own ``lock_timeout``. The session-level lock outlives the transaction."""
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT set_config('lock_timeout', $1, true)", f"{max(1, round(timeout_s * 1000))}"
+            )
+            await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
+    except LockNotAvailableError:
+        raise MigrationError(
+            f"the migration lock is still held by another migrate run after {timeout_s:g} s "
+            "(NZ_MIGRATE_LOCK_TIMEOUT_S); nothing was applied. Let that run finish, or end "
+            f"the session holding it (pg_locks: locktype advisory, objid {_LOCK_ID})"
+        ) from None
+
+
+async def apply(
+    database_url: str,
+    directory: Traversable = SHIPPED,
+    *,
+    lock_timeout_s: float | None = None,
+) -> list[str]:
+    """Apply pending migrations; returns the names applied by this call. Waits at most
+    ``lock_timeout_s`` (default: ``NZ_MIGRATE_LOCK_TIMEOUT_S``) for a concurrent run's lock,
+    then raises :class:`MigrationError`."""
+    if lock_timeout_s is None:
+        lock_timeout_s = load_settings().migrate_lock_timeout_s
     migrations = discover(directory)
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
+        await _lock(conn, lock_timeout_s)
         try:
             await conn.execute(
                 "CREATE SCHEMA IF NOT EXISTS gateway;"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 # Each service's entry module exposes ``async def run(settings)``. The local stack starts them
-# in this order (and stops them in reverse): authz admits inference only while accounting
-# answers.
+# in this order (and stops them in reverse, like Kubernetes' native sidecars): authz admits
+# inference only while accounting answers, and accounting's last tokens/min debits go to
+# ratelimit, which therefore stops after it.
 SERVICE_MODULES = {
-    "accounting": "accounting.main",
     "ratelimit": "ratelimit.main",
+    "accounting": "accounting.main",
     "authz": "authz.main",
 }

@@ -21,9 +21,12 @@ class Settings(BaseModel):
     ratelimit_listen: str = "127.0.0.1:9002"
     accounting_listen: str = "127.0.0.1:9003"
     admin_listen: str = "127.0.0.1:9004"
-    metrics_port: int = 0  # 0: no Prometheus endpoint
+    metrics_port: int = 0  # 0: no Prometheus endpoint (nor /livez, /readyz)
+    metrics_addr: str = "127.0.0.1"  # Kubernetes: 0.0.0.0, where the kubelet's probes reach
 
     admin_token: str = ""
+    # `migrate` waits this long for a concurrent run's lock, then fails (gateway/migrate.py)
+    migrate_lock_timeout_s: float = Field(default=300.0, gt=0)
     log_level: str = "info"
     # worker processes per service on one port (gateway/workers.py); default: the CPUs
     workers: int = Field(default_factory=machine_cpus, ge=1, le=64)
@@ -63,6 +66,9 @@ class Settings(BaseModel):
     prompt_log_ttl_s: float = 7 * 86400.0
     prompt_log_sweep_interval_s: float = 60.0
     accounting_spool_dir: str = ""  # rows unwritten at shutdown go here ("": nowhere)
+    # SIGTERM: accounting's gRPC streams (Envoy's ext_proc, access log) get this long to end
+    # before they are cut, then it settles and writes everything (docs/PLATFORM.md, "Draining")
+    accounting_stop_grace_s: float = Field(default=10.0, ge=0, le=60)
 
     # leases of a request in flight (authz takes them, accounting renews them while it streams)
     slot_lease_s: int = Field(15, ge=1)  # a slot nobody renews or releases is free after this

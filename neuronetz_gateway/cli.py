@@ -17,6 +17,8 @@ from gateway import workers
 from gateway.envoyguard import command as envoy_check
 from gateway.services import SERVICE_MODULES
 from gateway.settings import load_settings
+from neuronetz_gateway.envoyrun import add_arguments as envoy_run_arguments
+from neuronetz_gateway.envoyrun import run_parsed as envoy_run
 
 # How the workers of ``--workers`` run: this command again, as a module.
 WORKER_COMMAND = (sys.executable, "-m", "neuronetz_gateway")
@@ -161,6 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     envoy_check.add_arguments(check)
     check.set_defaults(func=envoy_check.run_parsed)
+    supervise = envoy_sub.add_parser(
+        "run",
+        help="run Envoy and drain it on SIGTERM without cutting a stream",
+        description="Start Envoy with the arguments after --, serve /readyz and /livez on the "
+        "probe port, and on SIGTERM fail readiness, drain Envoy's listeners, wait until no "
+        "request is active (or the drain timeout), then stop Envoy and exit with its code "
+        '(docs/PLATFORM.md, "Draining").',
+    )
+    envoy_run_arguments(supervise)
+    supervise.set_defaults(func=envoy_run)
     from gateway import admincli  # operator subcommands: thin clients of the admin API
 
     admincli.add_subcommands(sub)

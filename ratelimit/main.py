@@ -22,7 +22,8 @@ async def run(cfg: Settings) -> None:
     except config.ConfigError as exc:
         log.error("bad static rate-limit config", error=str(exc))
         raise SystemExit(2) from exc
-    metrics.serve(cfg.metrics_port)
+    health = grpcserver.Health()  # its gRPC server's: /readyz answers from it
+    metrics.serve(cfg.metrics_port, cfg.metrics_addr, health.serving)
     redis = redis_client(cfg.redis_url, cfg.redis_timeout_s)
     windows = Windows(redis, deadline_s=cfg.ratelimit_deadline_s)
     decider = Decider(static, windows, near_ratio=cfg.ratelimit_near_ratio)
@@ -32,6 +33,7 @@ async def run(cfg: Settings) -> None:
         [server.register(decider, announcer)],
         [server.SERVICE_NAME],
         reuse_port=cfg.worker,
+        health=health,
     )
     log.info("serving", listen=cfg.ratelimit_listen, domains=static.domains)
 

@@ -79,13 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     modules = collect(mutants, equivalents())
     if args.markdown:
-        print("| module | mutants | killed | equivalent | survived | kill rate |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print("| module | mutants | killed | equivalent | survived | raw | kill rate |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
     for m in modules.values():
         if args.markdown:
             print(
                 f"| `{m.name}` | {m.total} | {m.killed} | {len(m.equivalent)} "
-                f"| {len(m.survived)} | {m.rate:.1%} |"
+                f"| {len(m.survived)} | {m.killed / m.total:.1%} | {m.rate:.1%} |"
             )
         else:
             print(f"{m.name:28} {m.total:5} mutants  {m.rate:6.1%} killed  ", end="")

@@ -149,7 +149,13 @@ def test_no_upstream_server_header_service_time_or_client_host() -> None:
 def test_envoy_admin_is_read_only_on_loopback() -> None:
     admin = _shipped()["admin"]
     assert admin["address"]["socket_address"]["address"] == "127.0.0.1"
-    assert admin["allow_paths"] == [{"exact": "/ready"}, {"prefix": "/stats"}]
+    assert admin["allow_paths"] == [
+        {"exact": "/ready"},
+        {"prefix": "/stats"},
+        # the drain on SIGTERM (neuronetz-gateway envoy run): no /healthcheck/ok, no /quit*
+        {"exact": "/healthcheck/fail"},
+        {"exact": "/drain_listeners?graceful"},
+    ]
     assert admin["ignore_global_conn_limit"] is True  # probes pass a full listener
 
 
@@ -158,10 +164,11 @@ def test_compose_puts_envoy_admin_on_a_unix_socket() -> None:
     the Envoy container (the containers that share its network namespace cannot reach it)."""
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
     command: list[str] = compose["services"]["envoy"]["command"]
-    override = yaml.safe_load(command[command.index("--config-yaml") + 1])
+    envoy_args = command[command.index("--") + 1 :]  # after `envoy run [options] --`
+    override = yaml.safe_load(envoy_args[envoy_args.index("--config-yaml") + 1])
     assert set(override) == {"admin"}
     assert set(override["admin"]["address"]) == {"pipe"}
-    argv = [envoy_bin(), "--mode", "validate", *command[1:]]
+    argv = [envoy_bin(), "--mode", "validate", *envoy_args]
     argv[argv.index("-c") + 1] = str(ROOT / "envoy" / "envoy.yaml")
     result = subprocess.run(argv, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

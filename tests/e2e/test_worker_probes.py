@@ -1,0 +1,88 @@
+"""A service run as several workers (NZ_WORKERS=2, gateway/workers.py): the supervisor serves
+the metrics port, and its ``/readyz`` is the workers' gRPC health as a new connection to the
+service's port gets it — not a flag of its own that stays 200 while no worker answers."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psutil
+import pytest
+
+from devstack.processes import free_port
+from tests.polling import poll
+
+
+@dataclass
+class Supervised:
+    proc: subprocess.Popen[bytes]
+    metrics_port: int
+
+    def workers(self) -> list[psutil.Process]:
+        return psutil.Process(self.proc.pid).children()
+
+    def get(self, path: str) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.metrics_port, timeout=5)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode()
+        except OSError as exc:  # not listening yet
+            return 0, type(exc).__name__
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def ratelimit() -> Iterator[Supervised]:
+    metrics_port = free_port()
+    env = {
+        **os.environ,
+        "NZ_WORKERS": "2",
+        "NZ_RATELIMIT_LISTEN": f"127.0.0.1:{free_port()}",
+        "NZ_METRICS_PORT": str(metrics_port),
+        "NZ_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # not needed to serve health
+        "NZ_LOG_LEVEL": "warning",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "neuronetz_gateway", "ratelimit"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        yield Supervised(proc, metrics_port)
+    finally:
+        for worker in psutil.Process(proc.pid).children() if proc.poll() is None else []:
+            worker.resume()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+def test_readyz_is_the_workers_grpc_health(ratelimit: Supervised) -> None:
+    assert poll(lambda: ratelimit.get("/readyz") == (200, "ready\n"), timeout_s=30)
+    assert ratelimit.get("/livez") == (200, "ok\n")
+    # the merged metrics (empty before a decision: labelled counters have no sample yet)
+    assert ratelimit.get("/metrics") == (200, "")
+    workers = ratelimit.workers()
+    assert len(workers) == 2
+    for worker in workers:  # no worker answers its gRPC health any more
+        worker.suspend()
+    assert ratelimit.get("/readyz") == (503, "not ready\n")
+    assert ratelimit.get("/livez") == (200, "ok\n")  # the process itself still serves
+    for worker in workers:
+        worker.resume()
+    assert poll(lambda: ratelimit.get("/readyz") == (200, "ready\n"), timeout_s=10)
+    ratelimit.proc.send_signal(signal.SIGTERM)
+    assert ratelimit.proc.wait(15) == 0
