@@ -14,8 +14,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 
 from gateway.envoyguard.filters import check_chain
-from gateway.envoyguard.routes import STREAM_DURATION_MIN_S, STREAM_IDLE_MIN_S, check_routes
-from gateway.envoyguard.typed import seconds, unpack
+from gateway.envoyguard.routes import STREAM_IDLE_MIN_S, check_routes, duration_cuts, idle_cuts
+from gateway.envoyguard.typed import unpack
 from gateway.envoyguard.violations import Violation
 from gateway.envoyguard.yamlpath import join
 
@@ -134,27 +134,25 @@ def _check_manager(file: str, path: str, hcm: hcm_pb2.HttpConnectionManager) -> 
             "backend that may read it as x-api-key",
             "set headers_with_underscores_action: REJECT_REQUEST",
         )
-    if hcm.HasField("stream_idle_timeout"):
-        idle = seconds(hcm.stream_idle_timeout)
-        if 0 < idle < STREAM_IDLE_MIN_S:
-            add(
-                "stream_idle_timeout",
-                "F-streaming-timeouts",
-                f"stream_idle_timeout {idle:g}s cuts a stream while a model loads "
-                f"(up to {STREAM_IDLE_MIN_S:g}s silent)",
-                f"set stream_idle_timeout: {STREAM_IDLE_MIN_S:g}s",
-            )
+    if hcm.HasField("stream_idle_timeout") and (
+        why := idle_cuts("stream_idle_timeout", hcm.stream_idle_timeout)
+    ):
+        add(
+            "stream_idle_timeout",
+            "F-streaming-timeouts",
+            why,
+            f"set stream_idle_timeout: {STREAM_IDLE_MIN_S:g}s",
+        )
     options = hcm.common_http_protocol_options
-    if options.HasField("max_stream_duration"):
-        longest = seconds(options.max_stream_duration)
-        if 0 < longest < STREAM_DURATION_MIN_S:
-            add(
-                "common_http_protocol_options.max_stream_duration",
-                "F-streaming-timeouts",
-                f"max_stream_duration {longest:g}s cuts generations shorter than the "
-                f"{STREAM_DURATION_MIN_S:g}s the gateway allows",
-                "remove it (the streaming routes set their own)",
-            )
+    if options.HasField("max_stream_duration") and (
+        why := duration_cuts(options.max_stream_duration)
+    ):
+        add(
+            "common_http_protocol_options.max_stream_duration",
+            "F-streaming-timeouts",
+            why,
+            "remove it (the streaming routes set their own)",
+        )
     return found
 
 

@@ -21,7 +21,7 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 
 from gateway import endpoints
 from gateway.envoyguard.filters import Chain, key_headers
@@ -34,6 +34,28 @@ from gateway.envoyguard.yamlpath import join
 # before its first byte, and a generation may stream up to 840 s (max_stream_duration).
 STREAM_IDLE_MIN_S = 300.0
 STREAM_DURATION_MIN_S = 840.0
+
+
+def idle_cuts(name: str, timeout: duration_pb2.Duration) -> str | None:
+    """Why an idle timeout (a route's, or the manager's stream_idle_timeout) cuts streams."""
+    idle = seconds(timeout)
+    if 0 < idle < STREAM_IDLE_MIN_S:
+        return (
+            f"{name} {idle:g}s cuts a stream while a model loads "
+            f"(up to {STREAM_IDLE_MIN_S:g}s silent)"
+        )
+    return None
+
+
+def duration_cuts(timeout: duration_pb2.Duration) -> str | None:
+    """Why a max_stream_duration (a route's or the manager's) cuts generations."""
+    longest = seconds(timeout)
+    if 0 < longest < STREAM_DURATION_MIN_S:
+        return (
+            f"max_stream_duration {longest:g}s cuts generations shorter than the "
+            f"{STREAM_DURATION_MIN_S:g}s the gateway allows"
+        )
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,25 +289,17 @@ def _check_stream_timeouts(file: str, path: str, action: rc.RouteAction) -> list
             "that run longer",
             "set timeout: 0s (idle_timeout and max_stream_duration bound a stream)",
         )
-    if action.HasField("idle_timeout"):
-        idle = seconds(action.idle_timeout)
-        if 0 < idle < STREAM_IDLE_MIN_S:
-            add(
-                "idle_timeout",
-                f"idle_timeout {idle:g}s cuts a stream while a model loads "
-                f"(up to {STREAM_IDLE_MIN_S:g}s silent)",
-                f"set idle_timeout: {STREAM_IDLE_MIN_S:g}s",
-            )
+    if action.HasField("idle_timeout") and (why := idle_cuts("idle_timeout", action.idle_timeout)):
+        add("idle_timeout", why, f"set idle_timeout: {STREAM_IDLE_MIN_S:g}s")
     duration = action.max_stream_duration
-    if duration.HasField("max_stream_duration"):
-        longest = seconds(duration.max_stream_duration)
-        if 0 < longest < STREAM_DURATION_MIN_S:
-            add(
-                "max_stream_duration.max_stream_duration",
-                f"max_stream_duration {longest:g}s cuts generations shorter than the "
-                f"{STREAM_DURATION_MIN_S:g}s the gateway allows",
-                f"set it to {STREAM_DURATION_MIN_S:g}s",
-            )
+    if duration.HasField("max_stream_duration") and (
+        why := duration_cuts(duration.max_stream_duration)
+    ):
+        add(
+            "max_stream_duration.max_stream_duration",
+            why,
+            f"set it to {STREAM_DURATION_MIN_S:g}s",
+        )
     return found
 
 

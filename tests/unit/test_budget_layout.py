@@ -8,7 +8,6 @@ a settlement does to them. The layout is written here as the module's docstring 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import redis.asyncio as aioredis
 from gateway import budgets
 from gateway.budgets import Budget, Reading
 from gateway.periods import Period
-from gateway.storage import redis_client
 
 ROOT = Path(__file__).resolve().parents[2]
 T = "6a1f7d1e-0000-4000-8000-0000000000aa"
@@ -124,16 +122,6 @@ async def test_the_ledger_is_summed_over_the_budgets_scope_and_period(
     ledger = Ledger(4321)
     assert await budgets.ledger_used(ledger, budget, NOW) == 4321  # type: ignore[arg-type]
     assert ledger.asked == [args]
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = redis_client(redis_url, 2.0)
-    await client.flushdb()
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def test_a_missing_used_counter_is_rebuilt_from_the_ledger_with_its_ttl(

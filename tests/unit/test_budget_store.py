@@ -10,13 +10,11 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
-import pytest
 import redis.asyncio as aioredis
 
 from authz.admission import Admitter, Outcome
@@ -25,7 +23,6 @@ from gateway import budgets, leases
 from gateway.budgets import Budget
 from gateway.leases import Leases
 from gateway.periods import Period
-from gateway.storage import redis_client
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("authz", "accounting", "ratelimit", "gateway", "devstack")
@@ -63,15 +60,6 @@ def test_the_ledger_sum_and_the_reserved_total_have_one_owner() -> None:
     assert owners == {"gateway/budgets.py"}
     sums = {p.relative_to(ROOT).as_posix() for p in _python_files() if ":sum" in p.read_text()}
     assert sums == {"gateway/budgets.py"}
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = redis_client(redis_url, 2.0)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def _principal(daily: int) -> Principal:

@@ -6,18 +6,15 @@ of L per P ms drains L/P units per ms, so u units drain in u·P/L ms."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 import redis.asyncio as aioredis
 
 from gateway.rls import Descriptor, Limit, RateLimitRequest, Status, Unit
-from gateway.storage import redis_client
 from ratelimit import config
 from ratelimit.decide import Decider, Decision, tenant_of, window_key
 from ratelimit.windows import Windows
+from tests.unit.manualclock import T0, ManualClock
 
-T0 = 1_800_000_000_000  # ms
 STATIC = config.parse(
     """
 domains:
@@ -40,31 +37,8 @@ domains:
 PER_MINUTE = Unit.MINUTE
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now_ms = T0
-
-    def __call__(self) -> int:
-        return self.now_ms
-
-
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = redis_client(redis_url, 1.0)
-    await client.flushdb()
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def decider(redis: aioredis.Redis, clock: Clock) -> Decider:
+def decider(redis: aioredis.Redis, clock: ManualClock) -> Decider:
     return Decider(STATIC, Windows(redis, deadline_s=1.0, clock=clock))
 
 
@@ -159,7 +133,7 @@ async def test_the_shortest_retry_is_one_millisecond(decider: Decider) -> None:
 
 
 async def test_a_limit_of_one_half_drained_says_half_a_window(
-    decider: Decider, clock: Clock
+    decider: Decider, clock: ManualClock
 ) -> None:
     one = Limit(1, PER_MINUTE)
     await decider.decide(req(rpm("one", one)))

@@ -1,4 +1,4 @@
-"""The sliding windows (ratelimit/windows.py) hit by hit, against a real Redis (a plain server,
+"""The sliding windows (ratelimit/windows.py) hit by hit, against a real Redis (a redis server,
 and a one-node Redis Cluster): what each hit reports (over, the level before and after it, the
 clock it was decided at), when a decision is refused, what it records — and which hash tag a
 key has. Every expected level is worked out by hand from the leaky bucket of ``window.lua``:
@@ -13,16 +13,16 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 import redis.asyncio as aioredis
+from redis import Redis as SyncRedis
 from redis.asyncio.cluster import RedisCluster
 
 from devstack.processes import Proc, free_port, redis_server_bin
 from gateway.storage import redis_client
 from gateway.storeerrors import StoreUnavailable
 from ratelimit.windows import Hit, Mode, Outcome, Windows, hash_tag
+from tests.unit.manualclock import T0, ManualClock
 
-T0 = 1_800_000_000_000  # ms
 MINUTE = 60_000
 
 
@@ -44,37 +44,14 @@ def test_a_key_has_the_hash_tag_redis_cluster_hashes(key: str, tag: str) -> None
     assert hash_tag(key) == tag
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now_ms = T0
-
-    def __call__(self) -> int:
-        return self.now_ms
-
-
-@pytest.fixture
-async def plain(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = redis_client(redis_url, 1.0)
-    await client.flushdb()
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
 def admit(key: str, limit: int, hits: int = 1, enforce: bool = True) -> Hit:
     return Hit(key, limit, MINUTE, hits, Mode.ADMIT, enforce)
 
 
 async def test_each_hit_reports_its_level_before_and_after_and_the_decisions_clock(
-    plain: aioredis.Redis, clock: Clock
+    redis: aioredis.Redis, clock: ManualClock
 ) -> None:
-    windows = Windows(plain, deadline_s=1.0, clock=clock)
+    windows = Windows(redis, deadline_s=1.0, clock=clock)
     assert await windows.apply([admit("nz:{t}:a", 3, hits=2)]) == (
         False,
         [Outcome(over=False, before=0.0, after=2.0, now_ms=T0)],
@@ -95,13 +72,13 @@ async def test_each_hit_reports_its_level_before_and_after_and_the_decisions_clo
         False,
         [Outcome(over=False, before=2.0, after=3.0, now_ms=T0 + 20_000)],
     )
-    assert await plain.hgetall("nz:{t}:a") == {"l": "3", "t": str(T0 + 20_000)}
+    assert await redis.hgetall("nz:{t}:a") == {"l": "3", "t": str(T0 + 20_000)}
 
 
 async def test_a_check_asks_room_for_one_unit_and_records_nothing(
-    plain: aioredis.Redis, clock: Clock
+    redis: aioredis.Redis, clock: ManualClock
 ) -> None:
-    windows = Windows(plain, deadline_s=1.0, clock=clock)
+    windows = Windows(redis, deadline_s=1.0, clock=clock)
     await windows.apply([Hit("nz:{t}:c", 10, MINUTE, 9, Mode.DEBIT)])
     # Its hits do not matter: one unit fits (9 + 1 = 10), whatever it says.
     assert await windows.apply([Hit("nz:{t}:c", 10, MINUTE, 50, Mode.CHECK)]) == (
@@ -116,20 +93,20 @@ async def test_a_check_asks_room_for_one_unit_and_records_nothing(
 
 
 async def test_a_debit_records_its_hits_even_over_the_limit_and_never_refuses(
-    plain: aioredis.Redis, clock: Clock
+    redis: aioredis.Redis, clock: ManualClock
 ) -> None:
-    windows = Windows(plain, deadline_s=1.0, clock=clock)
+    windows = Windows(redis, deadline_s=1.0, clock=clock)
     assert await windows.apply([Hit("nz:{t}:d", 100, MINUTE, 150, Mode.DEBIT)]) == (
         False,
         [Outcome(over=True, before=0.0, after=150.0, now_ms=T0)],
     )
-    assert await plain.hget("nz:{t}:d", "l") == "150"
+    assert await redis.hget("nz:{t}:d", "l") == "150"
 
 
 async def test_a_shadow_hit_reports_over_but_neither_refuses_nor_stops_recording(
-    plain: aioredis.Redis, clock: Clock
+    redis: aioredis.Redis, clock: ManualClock
 ) -> None:
-    windows = Windows(plain, deadline_s=1.0, clock=clock)
+    windows = Windows(redis, deadline_s=1.0, clock=clock)
     assert await windows.apply([admit("nz:{t}:s", 1, hits=2, enforce=False)]) == (
         False,
         [Outcome(over=True, before=0.0, after=2.0, now_ms=T0)],
@@ -137,10 +114,10 @@ async def test_a_shadow_hit_reports_over_but_neither_refuses_nor_stops_recording
 
 
 async def test_one_enforced_window_over_refuses_the_whole_decision_and_records_nothing(
-    plain: aioredis.Redis, clock: Clock
+    redis: aioredis.Redis, clock: ManualClock
 ) -> None:
     """On one Redis server the decision is one atomic call, whatever the hash tags."""
-    windows = Windows(plain, deadline_s=1.0, clock=clock)
+    windows = Windows(redis, deadline_s=1.0, clock=clock)
     await windows.apply([admit("nz:{g}:model", 1)])
     hits = [admit("nz:{t}:key", 5), admit("nz:{g}:model", 1), admit("nz:{t}:tenant", 5)]
     assert await windows.apply(hits) == (
@@ -151,13 +128,13 @@ async def test_one_enforced_window_over_refuses_the_whole_decision_and_records_n
             Outcome(over=False, before=0.0, after=0.0, now_ms=T0),
         ],
     )
-    assert [k async for k in plain.scan_iter("nz:*")] == ["nz:{g}:model"]
+    assert [k async for k in redis.scan_iter("nz:*")] == ["nz:{g}:model"]
 
 
 async def test_every_hit_of_an_admitted_decision_reports_its_own_window(
-    plain: aioredis.Redis, clock: Clock
+    redis: aioredis.Redis, clock: ManualClock
 ) -> None:
-    windows = Windows(plain, deadline_s=1.0, clock=clock)
+    windows = Windows(redis, deadline_s=1.0, clock=clock)
     await windows.apply([Hit("nz:{t}:b", 10, MINUTE, 3, Mode.DEBIT)])
     await windows.apply([Hit("nz:{t}:c", 10, MINUTE, 5, Mode.DEBIT)])
     hits = [admit("nz:{t}:a", 10), admit("nz:{t}:b", 10, hits=2), admit("nz:{t}:c", 10)]
@@ -180,9 +157,9 @@ async def test_no_hits_decide_nothing_and_touch_no_redis(redis_url: str) -> None
         await client.aclose()
 
 
-async def test_without_a_clock_the_redis_servers_clock_decides(plain: aioredis.Redis) -> None:
+async def test_without_a_clock_the_redis_servers_clock_decides(redis: aioredis.Redis) -> None:
     before = int(time.time() * 1000)
-    _, [outcome] = await Windows(plain, deadline_s=1.0).apply([admit("nz:{t}:server", 5)])
+    _, [outcome] = await Windows(redis, deadline_s=1.0).apply([admit("nz:{t}:server", 5)])
     after = int(time.time() * 1000)
     assert before - 1000 <= outcome.now_ms <= after + 1000
     assert outcome == Outcome(over=False, before=0.0, after=1.0, now_ms=outcome.now_ms)
@@ -200,13 +177,13 @@ async def test_redis_down_is_store_unavailable_with_the_reason() -> None:
 
 
 async def test_redis_slower_than_the_deadline_is_store_unavailable_named_timeout(
-    redis_url: str, plain: aioredis.Redis
+    redis_url: str, redis: aioredis.Redis
 ) -> None:
     pauser = redis_client(redis_url, 1.0)
     try:
         await pauser.client_pause(1500, all=False)  # scripts wait
         with pytest.raises(StoreUnavailable) as error:
-            await Windows(plain, deadline_s=0.1).apply([admit("nz:{t}:slow", 5)])
+            await Windows(redis, deadline_s=0.1).apply([admit("nz:{t}:slow", 5)])
         await pauser.client_unpause()
     finally:
         await pauser.aclose()
@@ -238,7 +215,7 @@ def cluster_port() -> Iterator[int]:
     )
     proc.start()
     try:
-        admin = redis.Redis(port=port)
+        admin = SyncRedis(port=port)
         admin.cluster("ADDSLOTS", *range(16384))
         deadline = time.monotonic() + 10
         while admin.cluster("INFO")["cluster_state"] != "ok":
@@ -262,7 +239,7 @@ async def cluster(cluster_port: int) -> AsyncIterator[RedisCluster]:
 
 
 async def test_on_a_cluster_each_hash_tag_decides_on_its_own_in_the_callers_order(
-    cluster: RedisCluster, clock: Clock
+    cluster: RedisCluster, clock: ManualClock
 ) -> None:
     windows = Windows(cluster, deadline_s=1.0, clock=clock)
     await windows.apply([admit("nz:{g}:model", 1)])
@@ -280,7 +257,7 @@ async def test_on_a_cluster_each_hash_tag_decides_on_its_own_in_the_callers_orde
 
 
 async def test_on_a_cluster_windows_of_one_tag_stay_one_atomic_call(
-    cluster: RedisCluster, clock: Clock
+    cluster: RedisCluster, clock: ManualClock
 ) -> None:
     windows = Windows(cluster, deadline_s=1.0, clock=clock)
     await windows.apply([admit("nz:{t}:tenant", 1)])
@@ -302,10 +279,10 @@ async def test_on_a_cluster_windows_of_one_tag_stay_one_atomic_call(
     )
 
 
-async def test_the_deadline_holds_on_a_cluster_too(cluster_port: int, clock: Clock) -> None:
+async def test_the_deadline_holds_on_a_cluster_too(cluster_port: int, clock: ManualClock) -> None:
     client = RedisCluster(host="127.0.0.1", port=cluster_port, decode_responses=True)
     await client.initialize()
-    pauser = redis.asyncio.Redis(port=cluster_port)
+    pauser = aioredis.Redis(port=cluster_port)
     try:
         await pauser.client_pause(1500, all=False)
         started = asyncio.get_running_loop().time()

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import tempfile
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
-from devstack.processes import Proc, free_port, redis_server_bin
+from devstack.processes import Proc
 from gateway.rls import Descriptor, Limit, RateLimitRequest, Unit
 from gateway.storage import redis_client
 from gateway.storeerrors import StoreUnavailable
 from ratelimit import config
 from ratelimit.decide import Decider, window_key
 from ratelimit.windows import Windows
+from tests.unit.manualclock import ManualClock
 
-T0 = 1_800_000_000_000  # ms
 TENANT = "6a1f7d1e-0000-4000-8000-000000000001"
 STATIC = config.parse(
     """
@@ -48,55 +45,8 @@ domains:
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now_ms = T0
-
-    def __call__(self) -> int:
-        return self.now_ms
-
-    def advance(self, seconds: float) -> None:
-        self.now_ms += round(seconds * 1000)
-
-
-@pytest.fixture(scope="module")
-def redis_proc() -> Iterator[Proc]:
-    port = free_port()
-    work = Path(tempfile.mkdtemp(prefix="nz-rl-unit-"))
-    proc = Proc(
-        "redis",
-        [
-            redis_server_bin(),
-            *("--port", str(port), "--bind", "127.0.0.1"),
-            *("--save", "", "--appendonly", "no", "--dir", str(work)),
-        ],
-        work,
-        port=port,
-    )
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
 @pytest.fixture
-async def redis(redis_proc: Proc) -> AsyncIterator[aioredis.Redis]:
-    client = redis_client(f"redis://127.0.0.1:{redis_proc.port}/0", 0.5)
-    await client.flushdb()
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def decider(redis: aioredis.Redis, clock: Clock) -> Decider:
+def decider(redis: aioredis.Redis, clock: ManualClock) -> Decider:
     return Decider(STATIC, Windows(redis, deadline_s=1.0, clock=clock))
 
 
@@ -124,7 +74,7 @@ def req(*descriptors: Descriptor, hits: int = 0) -> RateLimitRequest:
 
 
 async def test_limit_admits_exactly_l_then_the_window_slides(
-    decider: Decider, clock: Clock
+    decider: Decider, clock: ManualClock
 ) -> None:
     results = [await decider.decide(req(rpm("k1", 10))) for _ in range(12)]
     assert [r.over for r in results] == [False] * 10 + [True] * 2
@@ -165,7 +115,7 @@ async def test_two_keys_share_the_tenant_window_and_a_rejection_consumes_nothing
 
 
 async def test_tokens_check_records_nothing_and_a_debit_always_records(
-    decider: Decider, clock: Clock
+    decider: Decider, clock: ManualClock
 ) -> None:
     for _ in range(3):
         assert not (await decider.decide(req(tpm("t", 100, 0)))).over  # check only
@@ -265,7 +215,7 @@ async def test_redis_down_fails_closed(redis_proc: Proc, decider: Decider) -> No
 
 
 async def test_redis_slower_than_the_deadline_fails_closed(
-    redis_proc: Proc, redis: aioredis.Redis, clock: Clock
+    redis_proc: Proc, redis: aioredis.Redis, clock: ManualClock
 ) -> None:
     fast = Decider(STATIC, Windows(redis, deadline_s=0.2, clock=clock))
     assert not (await fast.decide(req(rpm("slow", 10)))).over
