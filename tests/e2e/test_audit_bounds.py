@@ -18,8 +18,8 @@ import httpx
 
 from devstack.stack import Stack
 from gateway import migrate
+from tests.databases import fresh_database
 from tests.e2e.test_accounting_helpers import CHAT, audit_rows, caller, until
-from tests.e2e.test_migrations import _fresh_database
 from tests.gateway_client import Gateway
 
 MAX_PATH = 64  # accounting/audit.py MAX_PATH_CHARS, as docs/ACCOUNTING.md states it
@@ -210,7 +210,7 @@ def _parts(url: str) -> set[str]:
 def test_retention_drops_old_day_partitions_with_their_rows_and_keeps_newer(
     stack: Stack,
 ) -> None:
-    url = _fresh_database(stack)
+    url = fresh_database(stack.database_url, "ab")
     asyncio.run(migrate.apply(url))
     now = datetime.now(UTC)
     today = now.date()

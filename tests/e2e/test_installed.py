@@ -31,6 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from devstack import envoyconf
 from devstack.processes import Proc, envoy_argv, free_port, redis_server_bin
 from devstack.stack import Stack
+from tests.databases import fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("authz", "ratelimit", "accounting")
@@ -111,22 +112,6 @@ def _clean_checkout(dest: Path) -> Path:
     return dest
 
 
-def _fresh_database(beside: str) -> str:
-    """A new, empty database on the server of the database URL ``beside``."""
-    name = f"inst_{uuid.uuid4().hex[:10]}"
-    base = beside.rsplit("/", 1)[0]
-
-    async def create() -> None:
-        conn = await asyncpg.connect(f"{base}/postgres")
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    return f"{base}/{name}"
-
-
 def _tables(url: str) -> list[str]:
     async def fetch() -> list[str]:
         conn = await asyncpg.connect(url)
@@ -163,7 +148,7 @@ def installed(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Install
         check=True,
         timeout=600,
     )
-    return Installed(venv, work, _fresh_database(stack.database_url))
+    return Installed(venv, work, fresh_database(stack.database_url, "inst"))
 
 
 def test_the_wheel_installs_only_runtime_dependencies(installed: Installed) -> None:
@@ -288,7 +273,7 @@ def test_migrate_without_migration_files_fails_loudly(installed: Installed) -> N
     moved = installed.work / "moved-migrations"
     shutil.move(shipped / "migrations", moved)
     try:
-        database = _fresh_database(installed.database_url)
+        database = fresh_database(installed.database_url, "inst")
         for args in (("migrate",), ("migrate", "--status")):
             result = installed.run(*args, NZ_DATABASE_URL=database)
             assert result.returncode == 1, result.stdout

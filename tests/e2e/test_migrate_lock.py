@@ -8,28 +8,13 @@ import asyncio
 import subprocess
 import sys
 import time
-import uuid
 
 import asyncpg
 
 from devstack.stack import Stack
+from tests.databases import fresh_database
 
 _LOCK_ID = 0x6E7A_6777  # the advisory lock every migrate run takes ("nzgw")
-
-
-def _fresh_database(stack: Stack) -> str:
-    name = f"ml_{uuid.uuid4().hex[:10]}"
-    admin_url = stack.database_url.rsplit("/", 1)[0] + "/postgres"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(admin_url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    return stack.database_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 async def _migrate_while_locked(url: str, env: dict[str, str]) -> tuple[int, str, float, bool]:
@@ -63,7 +48,7 @@ async def _migrate_while_locked(url: str, env: dict[str, str]) -> tuple[int, str
 
 
 def test_migrate_gives_up_on_a_held_lock_after_the_timeout(stack: Stack) -> None:
-    url = _fresh_database(stack)
+    url = fresh_database(stack.database_url, "ml")
     env = {**stack.service_env(), "NZ_DATABASE_URL": url, "NZ_MIGRATE_LOCK_TIMEOUT_S": "1.5"}
     status, err, took, table = asyncio.run(_migrate_while_locked(url, env))
     assert status == 1

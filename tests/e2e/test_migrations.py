@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,25 +13,11 @@ import pytest
 
 from devstack.stack import Stack
 from gateway import auditparts, migrate
-
-
-def _fresh_database(stack: Stack) -> str:
-    name = f"m_{uuid.uuid4().hex[:10]}"
-    admin_url = stack.database_url.rsplit("/", 1)[0] + "/postgres"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(admin_url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    return stack.database_url.rsplit("/", 1)[0] + f"/{name}"
+from tests.databases import fresh_database
 
 
 def test_migrate_command_is_idempotent_and_records_files(stack: Stack) -> None:
-    url = _fresh_database(stack)
+    url = fresh_database(stack.database_url, "m")
     env = {**stack.service_env(), "NZ_DATABASE_URL": url}
     cmd = [sys.executable, "-m", "neuronetz_gateway", "migrate"]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
@@ -52,7 +37,7 @@ def test_migrate_command_is_idempotent_and_records_files(stack: Stack) -> None:
 
 
 def test_concurrent_migrations_apply_once(stack: Stack) -> None:
-    url = _fresh_database(stack)
+    url = fresh_database(stack.database_url, "m")
 
     async def both() -> list[list[str]]:
         return list(await asyncio.gather(migrate.apply(url), migrate.apply(url)))
@@ -62,7 +47,7 @@ def test_concurrent_migrations_apply_once(stack: Stack) -> None:
 
 
 def test_a_changed_applied_migration_is_refused(stack: Stack, tmp_path: Path) -> None:
-    url = _fresh_database(stack)
+    url = fresh_database(stack.database_url, "m")
     for migration in migrate.discover():
         (tmp_path / migration.name).write_text(migration.sql, encoding="utf-8")
     asyncio.run(migrate.apply(url, tmp_path))
@@ -73,7 +58,7 @@ def test_a_changed_applied_migration_is_refused(stack: Stack, tmp_path: Path) ->
 
 
 def test_status_lists_pending_applied_changed_and_unknown(stack: Stack, tmp_path: Path) -> None:
-    url = _fresh_database(stack)
+    url = fresh_database(stack.database_url, "m")
     (tmp_path / "0001_a.sql").write_text("CREATE TABLE public.a (x int);")
     (tmp_path / "0002_b.sql").write_text("CREATE TABLE public.b (x int);")
     states = asyncio.run(migrate.status(url, tmp_path))
@@ -124,7 +109,7 @@ def test_revocation_outbox_marks_the_key_and_notifies(stack: Stack) -> None:
 
 
 def test_0002_partitions_the_audit_log_and_keeps_its_rows(stack: Stack, tmp_path: Path) -> None:
-    url = _fresh_database(stack)
+    url = fresh_database(stack.database_url, "m")
     (first,) = [m for m in migrate.discover() if m.name == "0001_schema.sql"]
     (tmp_path / first.name).write_text(first.sql, encoding="utf-8")
     assert asyncio.run(migrate.apply(url, tmp_path)) == ["0001_schema.sql"]
