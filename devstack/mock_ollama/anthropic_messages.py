@@ -15,7 +15,7 @@ from devstack.mock_ollama.generation import (
     word_count,
 )
 from devstack.mock_ollama.surface import ApiError, Surface
-from devstack.mock_ollama.wire import SSE_CT, json_response, sse
+from devstack.mock_ollama.wire import SSE_CT, sse
 
 
 class AnthropicApi(Surface):
@@ -42,10 +42,9 @@ class AnthropicApi(Surface):
         prompt_n, output_n = plan.usage()
 
         if body.get("stream") is not True:
-            if plan.error_after is not None:
-                raise ApiError(500, MOCK_ERROR)
             content = [{"type": "text", "text": plan.text}] if plan.pieces else None
-            return json_response(
+            return self.whole(
+                plan,
                 {
                     "id": msg_id,
                     "type": "message",

@@ -220,9 +220,7 @@ class NativeApi(Surface):
             }
 
         if body.get("stream") is False:
-            if plan.error_after is not None:
-                raise ApiError(500, MOCK_ERROR)
-            return json_response(final(plan.text))
+            return self.whole(plan, final(plan.text))
         return await self.pump(
             request,
             plan,
@@ -274,9 +272,7 @@ class NativeApi(Surface):
             }
 
         if body.get("stream") is False:
-            if plan.error_after is not None:
-                raise ApiError(500, MOCK_ERROR)
-            return json_response(final(plan.text))
+            return self.whole(plan, final(plan.text))
         return await self.pump(
             request,
             plan,

@@ -76,9 +76,8 @@ class OpenAIApi(Surface):
         }
 
         if body.get("stream") is not True:
-            if plan.error_after is not None:
-                raise ApiError(500, MOCK_ERROR)
-            return json_response(
+            return self.whole(
+                plan,
                 {
                     "id": cid,
                     "object": "chat.completion",
@@ -173,9 +172,8 @@ class OpenAIApi(Surface):
         }
 
         if body.get("stream") is not True:
-            if plan.error_after is not None:
-                raise ApiError(500, MOCK_ERROR)
-            return json_response(
+            return self.whole(
+                plan,
                 {
                     "id": cid,
                     "object": "text_completion",

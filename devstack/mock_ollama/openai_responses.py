@@ -9,7 +9,7 @@ from aiohttp import web
 
 from devstack.mock_ollama.generation import MOCK_ERROR, Renderer, body_options, new_id, word_count
 from devstack.mock_ollama.surface import ApiError, Surface
-from devstack.mock_ollama.wire import SSE_CT, JSONObj, json_response, sse
+from devstack.mock_ollama.wire import SSE_CT, JSONObj, sse
 
 
 class ResponsesApi(Surface):
@@ -110,9 +110,8 @@ class ResponsesApi(Surface):
             }
 
         if body.get("stream") is not True:
-            if plan.error_after is not None:
-                raise ApiError(500, MOCK_ERROR)
-            return json_response(
+            return self.whole(
+                plan,
                 response_obj(
                     "completed", [message("completed", [part(plan.text)])], usage, completed=True
                 ),

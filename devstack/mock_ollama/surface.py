@@ -11,11 +11,11 @@ from typing import Any
 
 from aiohttp import web
 
-from devstack.mock_ollama.generation import Plan, Renderer, as_count
+from devstack.mock_ollama.generation import MOCK_ERROR, Plan, Renderer, as_count
 from devstack.mock_ollama.go_json import go_type_name
 from devstack.mock_ollama.models import ModelInfo
 from devstack.mock_ollama.state import MockOllama
-from devstack.mock_ollama.wire import JSONObj
+from devstack.mock_ollama.wire import JSONObj, json_response
 
 
 class ApiError(Exception):
@@ -70,6 +70,13 @@ class Surface:
         if info is None:
             raise ApiError(404, f"model {json.dumps(name)} not found, try pulling it first")
         return name, info
+
+    def whole(self, plan: Plan, body: Any, newline: bool = False) -> web.Response:
+        """A whole (not streamed) answer: ``body`` as JSON, or the 500 the plan's
+        ``mock_error_after`` asks for (a whole answer fails before any of it is sent)."""
+        if plan.error_after is not None:
+            raise ApiError(500, MOCK_ERROR)
+        return json_response(body, newline=newline)
 
     async def pump(self, request: web.Request, plan: Plan, r: Renderer) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": r.content_type, **r.extra_headers})
