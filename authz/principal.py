@@ -9,6 +9,7 @@ way, and a NULL on the tenant too takes the gateway's default (:mod:`authz.field
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -85,14 +86,9 @@ class Principal:
         return cls(**data)
 
 
-_LIMIT_FIELDS = (
-    "requests_per_minute",
-    "tokens_per_minute",
-    "max_concurrent",
-    "budget_daily",
-    "budget_monthly",
-    "budget_total",
-)
+# The limits a key inherits from its tenant: the columns of gateway.key_limits (and the first
+# columns of gateway.tenant_limits), in Limits' order.
+LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(Limits))
 
 PRINCIPAL_SQL = """
 SELECT k.id::text AS key_id, k.prefix, k.key_hash, k.status, k.expires_at, k.scopes,
@@ -137,8 +133,8 @@ def from_row(row: asyncpg.Record) -> Principal:
         allowed_models=frozenset(grant.allowed),
         allow_cloud=row["allow_cloud"],
         prompt_log=row["prompt_log"],
-        key_limits=Limits(*(row[f"k_{name}"] for name in _LIMIT_FIELDS)),
-        tenant_limits=Limits(*(row[f"t_{name}"] for name in _LIMIT_FIELDS)),
+        key_limits=Limits(*(row[f"k_{name}"] for name in LIMIT_FIELDS)),
+        tenant_limits=Limits(*(row[f"t_{name}"] for name in LIMIT_FIELDS)),
         default_max_tokens=row["default_max_tokens"],
         keep_alive_min_s=row["keep_alive_min_s"],
         keep_alive_max_s=row["keep_alive_max_s"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import cache
 from pathlib import Path
@@ -115,6 +116,18 @@ def reach(target: str, listen: str) -> str:
     if host in ("", "0.0.0.0", "[::]", "::"):  # a wildcard listens everywhere: loopback
         host = "127.0.0.1"
     return f"{host}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback IP (``[::1]`` brackets allowed): reachable from this host
+    (this pod) alone."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings() -> Settings:

@@ -20,7 +20,14 @@ from argon2 import PasswordHasher
 
 from authz.admin.columns import KEY_COLUMNS, KEY_SETTING_COLUMNS
 from authz.admin.errors import InvalidArgument, NotFound
-from authz.admin.sql import Conn, Connection, assignments, db_error, insert_limits
+from authz.admin.sql import (
+    Conn,
+    Connection,
+    assignments,
+    db_error,
+    insert_limits,
+    update_limits,
+)
 from authz.admin.validation import check_limits, check_models, check_scopes, check_text
 from gateway import apikeys
 from gateway.signals import KEY_CHANGED_CHANNEL, KEY_REVOKED_CHANNEL
@@ -117,16 +124,8 @@ async def update_key(conn: Connection, key_id: str, changes: Mapping[str, Any]) 
             if prefix is None:
                 raise NotFound("key not found")
             if limit_changes:
-                sets, args = assignments(limit_changes, frozenset())
-                await conn.execute(
-                    "INSERT INTO gateway.key_limits (key_id) VALUES ($1)"
-                    " ON CONFLICT (key_id) DO NOTHING",
-                    key_id,
-                )
-                await conn.execute(
-                    f"UPDATE gateway.key_limits SET {sets} WHERE key_id = $1",  # noqa: S608
-                    key_id,
-                    *args,
+                await update_limits(
+                    conn, "key_limits", "key_id", key_id, limit_changes, frozenset()
                 )
             await conn.execute("SELECT pg_notify($1, $2)", KEY_CHANGED_CHANNEL, prefix)
     except asyncpg.PostgresError as exc:

@@ -1,6 +1,6 @@
 """The Postgres plumbing both stores (:mod:`authz.admin.tenantstore`,
-:mod:`authz.admin.keystore`) share: the connection type, the limits row of a new tenant or key,
-``SET`` clauses, and database errors as provisioning errors."""
+:mod:`authz.admin.keystore`) share: the connection type, the limits row of a new tenant or key
+and its updates, ``SET`` clauses, and database errors as provisioning errors."""
 
 from __future__ import annotations
 
@@ -40,6 +40,28 @@ async def insert_limits(
         f"INSERT INTO gateway.{table} ({', '.join(cols)}) VALUES ({params})",  # noqa: S608
         owner_id,
         *values.values(),
+    )
+
+
+async def update_limits(
+    conn: Connection,
+    table: str,
+    owner_column: str,
+    owner_id: str,
+    changes: Mapping[str, Any],
+    defaulted: frozenset[str],
+) -> None:
+    """Set checked limit columns of a tenant or key, creating its limits row if it has none."""
+    await conn.execute(
+        f"INSERT INTO gateway.{table} ({owner_column}) VALUES ($1)"  # noqa: S608
+        f" ON CONFLICT ({owner_column}) DO NOTHING",
+        owner_id,
+    )
+    sets, args = assignments(changes, defaulted)
+    await conn.execute(
+        f"UPDATE gateway.{table} SET {sets} WHERE {owner_column} = $1",  # noqa: S608
+        owner_id,
+        *args,
     )
 
 

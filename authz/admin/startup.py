@@ -4,8 +4,6 @@ guards every AdminService call (:mod:`authz.admin.interceptor`)."""
 
 from __future__ import annotations
 
-import ipaddress
-
 import asyncpg
 import grpc
 import redis.asyncio as aioredis
@@ -16,19 +14,9 @@ from authz.admin.models import ModelSource
 from authz.admin.operations import Admin
 from authz.admin.servicer import SERVICE_NAME, register
 from gateway import apikeys, grpcserver, logs
-from gateway.settings import Settings
+from gateway.settings import Settings, is_loopback
 
 _log = logs.get("admin")
-
-
-def _loopback(listen: str) -> bool:
-    host = listen.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 async def start(
@@ -43,7 +31,7 @@ async def start(
         _log.warning("admin_disabled", reason="no admin token configured; every call is denied")
     elif len(cfg.admin_token) < 24:
         _log.warning("admin_token_short", hint="use at least 24 random characters")
-    if not _loopback(cfg.admin_listen):
+    if not is_loopback(cfg.admin_listen.rsplit(":", 1)[0]):
         _log.warning("admin_not_loopback", listen=cfg.admin_listen)
     hasher = apikeys.hasher(cfg.argon2_time_cost, cfg.argon2_memory_kib)
     admin = Admin(pool, hasher, list(cfg.ollama_urls), discovery=discovery, redis=redis)

@@ -15,7 +15,14 @@ import asyncpg
 
 from authz.admin.columns import TENANT_COLUMNS, TENANT_DEFAULTED, TENANT_SETTING_COLUMNS
 from authz.admin.errors import AlreadyExists, InvalidArgument, NotFound
-from authz.admin.sql import Conn, Connection, assignments, db_error, insert_limits
+from authz.admin.sql import (
+    Conn,
+    Connection,
+    assignments,
+    db_error,
+    insert_limits,
+    update_limits,
+)
 from authz.admin.validation import check_limits, check_models, check_tenant_name
 from gateway.signals import KEY_CHANGED_CHANNEL, KEY_REVOKED_CHANNEL
 
@@ -83,16 +90,8 @@ async def update_tenant(conn: Connection, tenant_id: str, changes: Mapping[str, 
             if found is None:
                 raise NotFound("tenant not found")
             if limit_changes:
-                sets, args = assignments(limit_changes, TENANT_DEFAULTED)
-                await conn.execute(
-                    "INSERT INTO gateway.tenant_limits (tenant_id) VALUES ($1)"
-                    " ON CONFLICT (tenant_id) DO NOTHING",
-                    tenant_id,
-                )
-                await conn.execute(
-                    f"UPDATE gateway.tenant_limits SET {sets} WHERE tenant_id = $1",  # noqa: S608
-                    tenant_id,
-                    *args,
+                await update_limits(
+                    conn, "tenant_limits", "tenant_id", tenant_id, limit_changes, TENANT_DEFAULTED
                 )
             await _notify_tenant_keys(conn, tenant_id)
     except asyncpg.PostgresError as exc:

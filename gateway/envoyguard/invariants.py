@@ -4,8 +4,6 @@ manager's path and header handling (D) and stream timeouts (F), and the admin ad
 
 from __future__ import annotations
 
-import ipaddress
-
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.core.v3 import protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2
@@ -18,6 +16,7 @@ from gateway.envoyguard.routes import STREAM_IDLE_MIN_S, check_routes, duration_
 from gateway.envoyguard.typed import unpack
 from gateway.envoyguard.violations import Violation
 from gateway.envoyguard.yamlpath import join
+from gateway.settings import is_loopback
 
 _HCM = hcm_pb2.HttpConnectionManager
 # Both send one spelling of a path on: refused, or redirected to the unescaped one (which is
@@ -163,7 +162,7 @@ def _check_admin(file: str, config: bootstrap_pb2.Bootstrap) -> list[Violation]:
     if not address.HasField("socket_address"):
         return []  # a Unix socket (pipe) or an internal address: not on the network
     host = address.socket_address.address
-    if _loopback(host):
+    if is_loopback(host):
         return []
     return [
         Violation(
@@ -175,12 +174,3 @@ def _check_admin(file: str, config: bootstrap_pb2.Bootstrap) -> list[Violation]:
             "bind admin to 127.0.0.1 (or a Unix socket)",
         )
     ]
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
