@@ -8,8 +8,8 @@ in this process (the row waits up to ``OUTCOME_WAIT_S`` for it).
 A row stores nothing unbounded a client chose. The endpoint is the allowlisted path
 (gateway/endpoints.py); any other path is stored only for a request with a tenant, clipped to
 ``MAX_PATH_CHARS`` — a clipped value ends in ``…`` — and a request without a tenant stores
-``other`` (those are audited in aggregate: accounting/denials.py). Model, error text and
-client address are clipped too (``MAX_TEXT_CHARS``).
+``other`` (those are audited in aggregate: accounting/denials.py). Model, backend name, error
+text and client address are clipped too (``MAX_TEXT_CHARS``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import asyncpg
 
-from accounting import pgwrite
+from accounting import backendmetrics, pgwrite
 from accounting.recent import Recent
 from accounting.stream import Outcome
 from gateway import endpoints
@@ -35,6 +35,7 @@ CUT_GRACE_S = 1.0
 OUTCOME_WAIT_S = CUT_GRACE_S + 1.0
 MAX_PATH_CHARS = 64
 MAX_TEXT_CHARS = 256
+MAX_ATTEMPTS = 32767  # the audit column is a smallint
 CLIPPED = "\u2026"  # "…": the value was longer
 OTHER_ENDPOINT = "other"
 # Envoy's flag for a request ext_authz answered itself (a denial, or authz's own reply).
@@ -64,6 +65,9 @@ class AccessEntry:
     metadata: dict[str, dict[str, Any]]
     details: str = ""  # Envoy's response code details ("via_upstream": the backend answered)
     grpc_status: str = ""  # the response's grpc-status header, if any
+    backend: str = ""  # the backend Envoy routed to ("" none: a refusal, a local reply)
+    attempts: int = 0  # upstream attempts: 0 none, 1 the first try, 2+ failed over
+    first_byte_s: float | None = None  # until the backend's first byte (None: it sent none)
 
 
 @dataclass(slots=True)
@@ -86,6 +90,9 @@ class AuditRow:
     response_flags: str
     error: str | None
     count: int = 1  # requests this row stands for (> 1: an aggregate, accounting/denials.py)
+    # Defaulted, so rows spooled before these columns existed still load (accounting/spool.py).
+    backend: str = ""  # the backend that answered ("" none did)
+    attempts: int = 0  # upstream attempts (2+: Envoy failed over to ``backend``)
     awaiting_outcome: bool = False
     received: float = field(default_factory=time.monotonic)
 
@@ -161,6 +168,9 @@ def row_from_entry(entry: AccessEntry) -> AuditRow:
     )
     status = answered_status(entry, authz)
     error = f"http {status}" if status >= 400 else None
+    backend = clip(entry.backend)
+    # Here: this runs once per logged request, and knows the answered status.
+    backendmetrics.observe(backend, status, entry.attempts, entry.first_byte_s)
     return AuditRow(
         request_id=clip(entry.request_id),
         ts=entry.start,
@@ -179,6 +189,8 @@ def row_from_entry(entry: AccessEntry) -> AuditRow:
         client_ip=clip(entry.client_ip),
         response_flags=clip(entry.response_flags),
         error=_clip_or_none(error),
+        backend=backend,
+        attempts=max(0, min(entry.attempts, MAX_ATTEMPTS)),
         # An accounted request: its counts come from its observed stream's outcome, in this
         # process (Envoy sends a worker's ext_proc streams and its access log over one
         # connection). A refusal — 4xx/5xx before the backend — has none to wait for.
@@ -230,11 +242,11 @@ class AuditRows:
 _INSERT = """
 INSERT INTO gateway.audit_log AS a (request_id, ts, tenant_id, key_prefix, method, endpoint,
     model, status, tokens_in, tokens_out, tokens_estimated, latency_ms, bytes_in, bytes_out,
-    client_ip, response_flags, error, count)
+    client_ip, response_flags, error, count, backend, attempts)
 SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::uuid[], $4::text[], $5::text[],
     $6::text[], $7::text[], $8::int[], $9::bigint[], $10::bigint[], $11::bool[],
     $12::float8[], $13::bigint[], $14::bigint[], $15::text[], $16::text[], $17::text[],
-    $18::int[])
+    $18::int[], $19::text[], $20::smallint[])
 ON CONFLICT (request_id, ts) DO UPDATE
    SET count = EXCLUDED.count, bytes_in = EXCLUDED.bytes_in, bytes_out = EXCLUDED.bytes_out
  WHERE a.count < EXCLUDED.count
@@ -261,6 +273,8 @@ def _columns(batch: Sequence[Any]) -> list[list[Any]]:
         [r.response_flags for r in batch],
         [r.error for r in batch],
         [r.count for r in batch],
+        [r.backend for r in batch],
+        [r.attempts for r in batch],
     ]
 
 

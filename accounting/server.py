@@ -20,10 +20,11 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from prometheus_client import Counter
 
+from accounting import showfields
 from accounting.audit import CUT_GRACE_S, AccessEntry
 from accounting.recent import Recent
 from accounting.stream import Outcome, RequestInfo, StreamAccount
-from gateway import logs
+from gateway import endpoints, logs
 from gateway.requestmeta import NAMESPACE as AUTHZ_NAMESPACE
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
@@ -74,17 +75,20 @@ _FLAG_CODES = {
 # * ``nz.rewrite``, only for requests authz marked ``rewrite``: the buffered request body, to
 #   rewrite (gateway/rewrite.py);
 # * ``nz.strip``, only for OpenAI streams authz marked ``strip_usage`` (the rewrite asked the
-#   backend for a usage chunk the client did not ask for): each response chunk, to drop it.
+#   backend for a usage chunk the client did not ask for): each response chunk, to drop it;
+# * ``nz.show``, only on ``/api/show``: the buffered answer, without what it must never reveal
+#   (:mod:`accounting.showfields`).
 # Nothing is accounted on these two (``nz.accounting`` sees the backend's response before
 # nz.strip changes it).
 #
 # Local replies of the filters before ext_proc never reach accounting: a matcher in envoy.yaml
 # skips both filters for requests authz did not admit or the RLS refused.
 _ATTRIBUTES = "envoy.filters.http.ext_proc"
+_SHOW = next(e.path for e in endpoints.ENDPOINTS.values() if e.kind is endpoints.Kind.SHOW)
 _STATUS = "response.code"
 MESSAGES = Counter(
     "accounting_ext_proc_messages_total",
-    "ext_proc messages received, by filter (observe: nz.accounting, rewrite, strip: nz.*)",
+    "ext_proc messages received, by filter (observe: nz.accounting, rewrite, strip, show: nz.*)",
     ["stream", "kind"],
 )
 for _stream, _kind in (
@@ -92,6 +96,7 @@ for _stream, _kind in (
     ("observe", "response_body"),
     ("rewrite", "request_body"),
     ("strip", "response_body"),
+    ("show", "response_body"),
 ):
     MESSAGES.labels(_stream, _kind)
 
@@ -243,6 +248,10 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 if account.info.prompt_log:
                     self._prompts.put(account.info.request_id, account.prompt)
                 yield ep.ProcessingResponse(request_body=_body_response(new_body))
+            elif kind == "response_body" and _request_info(req).endpoint == _SHOW:
+                MESSAGES.labels("show", kind).inc()
+                shown = showfields.strip(_status(req), req.response_body.body)
+                yield ep.ProcessingResponse(response_body=_body_response(shown))
             elif kind == "response_body":
                 MESSAGES.labels("strip", kind).inc()
                 body = req.response_body
@@ -279,6 +288,10 @@ def _ms(duration: Any) -> float:
     return float(duration.seconds * 1000 + duration.nanos / 1e6)
 
 
+# The access log's custom tag naming the backend that answered (envoy.yaml common_config).
+BACKEND_TAG = "backend"
+
+
 def to_entry(entry: Any) -> AccessEntry:
     common = entry.common_properties
     request = entry.request
@@ -313,6 +326,14 @@ def to_entry(entry: Any) -> AccessEntry:
         details=response.response_code_details,
         # Logged only if envoy.yaml names it (additional_response_headers_to_log).
         grpc_status=response.response_headers.get("grpc-status", ""),
+        # envoy.yaml tags each entry with the routed host's nz.backend name (custom_tags).
+        backend=common.custom_tags.get(BACKEND_TAG, ""),
+        attempts=common.upstream_request_attempt_count,
+        first_byte_s=(
+            _ms(common.time_to_first_upstream_rx_byte) / 1000
+            if common.HasField("time_to_first_upstream_rx_byte")
+            else None
+        ),
     )
 
 

@@ -224,15 +224,19 @@ class Authorizer:
         raise _Denied(deny(429, req.surface, headers, metadata=meta.to_metadata()))
 
     def _allow(self, principal: Principal, admission: Admission, meta: RequestMeta) -> Allow:
+        # Identity for the upstream, overwriting whatever the client sent under these names.
+        upstream = {"x-nz-tenant": principal.tenant, "x-nz-key-prefix": principal.prefix}
+        # Envoy applies removals after the headers it sets: the identity headers are
+        # overwritten (never removed), whatever the client sent. The model header routes to
+        # the backends hosting the model; a request without one must not pick a backend.
+        removed = endpoints.KEY_HEADERS
+        if meta.model:
+            upstream[endpoints.MODEL_HEADER] = meta.model
+        else:
+            removed = (*removed, endpoints.MODEL_HEADER)
         return Allow(
-            # Identity for the upstream, overwriting whatever the client sent under these names.
-            upstream_headers={
-                "x-nz-tenant": principal.tenant,
-                "x-nz-key-prefix": principal.prefix,
-            },
-            # Envoy applies removals after the headers it sets: the identity headers are
-            # overwritten (never removed), whatever the client sent.
-            remove_headers=endpoints.KEY_HEADERS,
+            upstream_headers=upstream,
+            remove_headers=removed,
             response_headers=admission.budget_headers(),
             metadata=meta.to_metadata(),
         )
@@ -242,7 +246,6 @@ class Authorizer:
     ) -> Decision:
         """Listings, model detail and version: no reservation, no slot; budget headers."""
         show_model = ""
-        verbose = False
         if endpoint.kind is Kind.SHOW:
             try:
                 body = payload.json_object(req)
@@ -252,7 +255,6 @@ class Authorizer:
             if not isinstance(name, str) or not name.strip():
                 return await self._refuse(400, req, meta)
             show_model = name
-            verbose = gojson.field(body, "verbose") is True
         discovered = self._discovery.models()
         if endpoint.listing is Listing.MODEL:
             show_model = endpoints.model_in_path(req.path)
@@ -267,27 +269,25 @@ class Authorizer:
         if endpoint.kind is Kind.VERSION:
             # Proxied: counts against requests/min.
             return self._allow(principal, admission, replace(meta, rl=rate_overrides(principal)))
+        if endpoint.kind is Kind.SHOW:
+            # Proxied to a backend hosting the model, with failover; accounting's nz.show strips
+            # what /api/show must never reveal (envoy.yaml, accounting/showfields.py).
+            return self._allow(principal, admission, meta)
         headers = admission.budget_headers()
         reply_meta = meta.to_metadata()
         effective = models.effective(principal, discovered)
         entries = self._discovery.entries()
-        try:
-            if endpoint.listing is Listing.TAGS:
-                return json_reply(listings.tags(entries, effective), headers, reply_meta)
-            if endpoint.listing is Listing.MODELS:
-                return json_reply(listings.openai_models(entries, effective), headers, reply_meta)
-            if endpoint.listing is Listing.MODEL:
-                return json_reply(
-                    listings.openai_model(show_model, entries[model]), headers, reply_meta
-                )
-            session = self._discovery.session()
-            if endpoint.listing is Listing.PS:
-                live = list(self._discovery.snapshot())
-                return json_reply(await listings.ps(session, live, effective), headers, reply_meta)
-            backend = self._discovery.backends_for(model)[0]
-            shown = await listings.show(session, backend, model, verbose)
-            return json_reply(shown, headers, reply_meta)
-        except listings.UnknownModel:
-            return deny(403, req.surface, metadata=reply_meta)
-        except (listings.UpstreamError, KeyError, IndexError):
-            return deny(502, req.surface, metadata=reply_meta)
+        if endpoint.listing is Listing.TAGS:
+            return json_reply(listings.tags(entries, effective), headers, reply_meta)
+        if endpoint.listing is Listing.MODELS:
+            return json_reply(listings.openai_models(entries, effective), headers, reply_meta)
+        if endpoint.listing is Listing.MODEL and model in entries:
+            return json_reply(
+                listings.openai_model(show_model, entries[model]), headers, reply_meta
+            )
+        if endpoint.listing is Listing.PS:
+            running = self._discovery.running()
+            if running is None:  # no backend's /api/ps has been read lately
+                return deny(502, req.surface, metadata=reply_meta)
+            return json_reply(listings.ps(running, effective), headers, reply_meta)
+        return deny(403, req.surface, metadata=reply_meta)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from authz import fields, server
+from authz import eds, fields, server
 from authz.accounting_health import AccountingHealth
 from authz.admission import Admitter
 from authz.check import Authorizer
@@ -14,7 +14,7 @@ from authz.discovery import Discovery
 from authz.keys import KeyStore
 from authz.revocations import RevocationListener
 from authz.throttle import Subscriber, Throttles
-from gateway import apikeys, grpcserver, logs, metrics
+from gateway import apikeys, backends, grpcserver, logs, metrics
 from gateway.leases import Leases
 from gateway.settings import Settings, reach
 from gateway.storage import pg_pool, redis_client
@@ -41,7 +41,8 @@ async def run(cfg: Settings) -> None:
         address_window_s=cfg.key_failure_window_s,
     )
     admitter = Admitter(redis, pool, Leases(cfg.slot_lease_s, cfg.reservation_lease_s))
-    discovery = Discovery(cfg.ollama_urls, redis, cfg.discovery_interval_s, cfg.discovery_ttl_s)
+    configured = backends.configured(cfg.backends_file, cfg.ollama_urls)
+    discovery = Discovery(configured, redis, cfg.discovery_interval_s, cfg.discovery_ttl_s)
     with contextlib.suppress(Exception):  # Redis may be late; the first Check loads it again
         await admitter.load()
     with contextlib.suppress(TimeoutError):
@@ -71,12 +72,12 @@ async def run(cfg: Settings) -> None:
     )
     grpc_server = await grpcserver.start(
         cfg.authz_listen,
-        [server.register(authorizer)],
-        [server.SERVICE_NAME],
+        [server.register(authorizer), eds.register(discovery)],
+        [server.SERVICE_NAME, eds.SERVICE_NAME],
         reuse_port=cfg.worker,
         health=health,
     )
-    log.info("serving", listen=cfg.authz_listen, backends=len(cfg.ollama_urls))
+    log.info("serving", listen=cfg.authz_listen, backends=[b.name for b in configured])
 
     async def stop() -> None:
         for task in background:
@@ -88,5 +89,7 @@ async def run(cfg: Settings) -> None:
 
     from authz.admin import startup as admin  # the admin API: its own server on admin_listen
 
-    admin_server = await admin.start(cfg, pool, discovery=discovery, redis=redis)
+    admin_server = await admin.start(
+        cfg, pool, discovery=discovery, redis=redis, backends=configured
+    )
     await grpcserver.serve_until_signalled([grpc_server, admin_server], on_stop=stop)

@@ -9,7 +9,6 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
@@ -35,12 +34,9 @@ class EdgeLimits:
     max_downstream_connections: int | None = None
     request_headers_timeout_s: float | None = None
     request_timeout_s: float | None = None
-
-
-def url_endpoint(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    host = parts.hostname or "127.0.0.1"
-    return host, parts.port or (443 if parts.scheme == "https" else 80)
+    # How long a backend has for its first response byte before the next one is tried
+    # (every route's retry_policy per_try_timeout; envoy.yaml: 120 s).
+    backend_try_timeout_s: float | None = None
 
 
 def render(
@@ -66,9 +62,12 @@ def render(
         endpoints = clusters.get(cluster["name"])
         if endpoints is None:
             continue
+        if "load_assignment" not in cluster:
+            # The ollama cluster's endpoints come from authz's EDS (NZ_OLLAMA_URLS or
+            # NZ_BACKENDS_FILE), never from the Envoy config.
+            raise ValueError(f"cluster {cluster['name']!r} has no static endpoints to re-point")
         cluster["load_assignment"]["endpoints"] = [
             {
-                "priority": index if cluster["name"] == "ollama" else 0,
                 "lb_endpoints": [
                     {
                         "endpoint": {
@@ -77,7 +76,7 @@ def render(
                     }
                 ],
             }
-            for index, (host, port) in enumerate(endpoints)
+            for host, port in endpoints
         ]
     return config
 
@@ -93,6 +92,12 @@ def _apply_edge(config: dict[str, Any], edge: EdgeLimits) -> None:
         limit = edge.max_downstream_connections
         monitors[DOWNSTREAM_CONNECTIONS]["max_active_downstream_connections"] = limit
     for hcm in http_connection_managers(config):
+        if edge.backend_try_timeout_s is not None:
+            for vhost in hcm["route_config"]["virtual_hosts"]:
+                for route in vhost["routes"]:
+                    policy = route.get("route", {}).get("retry_policy")
+                    if policy is not None:
+                        policy["per_try_timeout"] = f"{edge.backend_try_timeout_s}s"
         if edge.request_headers_timeout_s is not None:
             hcm["request_headers_timeout"] = f"{edge.request_headers_timeout_s}s"
         if edge.request_timeout_s is not None:

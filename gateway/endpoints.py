@@ -33,7 +33,7 @@ class Listing(StrEnum):
     """What a :attr:`Kind.LISTING` endpoint answers (authz/listings.py builds each)."""
 
     TAGS = "tags"  # Ollama's /api/tags, from the discovery cache
-    PS = "ps"  # Ollama's /api/ps, fetched from the backends
+    PS = "ps"  # Ollama's /api/ps, from what discovery last read on the backends
     MODELS = "models"  # OpenAI's /v1/models, from the discovery cache
     MODEL = "model"  # OpenAI's /v1/models/{model}: the one model the path names
 
@@ -136,6 +136,10 @@ OUTPUT_CAP_FIELDS = frozenset(
 )
 # Every header that may carry a key: Envoy strips them all before the backend (authz/check.py).
 KEY_HEADERS = ("authorization", *sorted({e.key_header for e in _TABLE if e.key_header}))
+# The canonical model authz admitted, set on every request it lets through with a model and
+# removed from every other: Envoy routes by it to the backends hosting that model
+# (envoy.yaml's header_to_metadata → envoy.lb; authz/eds.py), and never forwards it.
+MODEL_HEADER = "x-nz-model"
 
 
 def lookup(method: str, path: str) -> Endpoint | None:

@@ -17,6 +17,8 @@ class Settings(BaseModel):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Ollama backends, comma separated in NZ_OLLAMA_URLS (or OLLAMA_URL for one).
     ollama_urls: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:11434"])
+    # …or a YAML file naming them, with priorities and upstream credentials (gateway/backends.py)
+    backends_file: str = ""
 
     authz_listen: str = "127.0.0.1:9001"
     ratelimit_listen: str = "127.0.0.1:9002"

@@ -1,4 +1,10 @@
-"""Probing the Ollama backends for the admin API: reachable, version, model count, latency."""
+"""The configured Ollama backends as the admin API shows them: found by name or URL, listed by
+priority, probed (reachable, version, model count, latency).
+
+A probe sends the backend's upstream headers: a hosted Ollama answers ``/api/tags`` only with
+its credentials. Their values never reach a result, a log line or an error string: an error
+that somehow quotes one has it masked before it leaves this module.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,17 @@ from typing import Any
 
 import aiohttp
 
+from authz.admin.errors import NotFound
+from gateway.backends import Backend
+
+_MASK = "**********"  # how pydantic's SecretStr prints
+
 
 @dataclass(frozen=True, slots=True)
 class BackendProbe:
+    name: str
     url: str
+    priority: int
     reachable: bool
     version: str = ""
     model_count: int = 0
@@ -21,32 +34,64 @@ class BackendProbe:
     error: str = ""
 
 
-async def _get_json(session: aiohttp.ClientSession, url: str) -> Any:
-    async with session.get(url) as response:
+def in_order(configured: Sequence[Backend]) -> list[Backend]:
+    """By priority, then in configuration order (the order requests try them in)."""
+    return sorted(configured, key=lambda b: b.priority)  # sorted() is stable
+
+
+def find(configured: Sequence[Backend], ref: str) -> Backend:
+    """The backend named ``ref``, or whose URL it is (a trailing ``/`` is ignored)."""
+    wanted = ref.strip()
+    for backend in configured:
+        if wanted in (backend.name, backend.url) or wanted.rstrip("/") == backend.url:
+            return backend
+    raise NotFound(f"no backend {ref!r}")
+
+
+def _masked(text: str, backend: Backend) -> str:
+    for value in backend.upstream_headers().values():
+        text = text.replace(value, _MASK)
+    return text
+
+
+async def _get_json(session: aiohttp.ClientSession, backend: Backend, path: str) -> Any:
+    async with session.get(backend.url + path, headers=backend.upstream_headers()) as response:
         if response.status != 200:
-            raise RuntimeError(f"{url.rsplit('/', 2)[-2:]} answered HTTP {response.status}")
+            raise RuntimeError(f"{path} answered HTTP {response.status}")
         return await response.json(content_type=None)
 
 
-async def probe(url: str, timeout_s: float) -> BackendProbe:
+async def probe(backend: Backend, timeout_s: float) -> BackendProbe:
     started = time.monotonic()
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     try:
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            version = await _get_json(session, f"{url}/api/version")
-            tags = await _get_json(session, f"{url}/api/tags")
+            version = await _get_json(session, backend, "/api/version")
+            tags = await _get_json(session, backend, "/api/tags")
     except (TimeoutError, aiohttp.ClientError, RuntimeError, ValueError) as exc:
-        message = str(exc) or exc.__class__.__name__
-        return BackendProbe(url, False, latency_s=time.monotonic() - started, error=message)
+        message = _masked(str(exc) or exc.__class__.__name__, backend)
+        return BackendProbe(
+            backend.name,
+            backend.url,
+            backend.priority,
+            False,
+            latency_s=time.monotonic() - started,
+            error=message,
+        )
     models = tags.get("models") if isinstance(tags, dict) else None
     return BackendProbe(
-        url,
+        backend.name,
+        backend.url,
+        backend.priority,
         True,
-        version=str(version.get("version", "")) if isinstance(version, dict) else "",
+        version=_masked(str(version.get("version", "")), backend)
+        if isinstance(version, dict)
+        else "",
         model_count=len(models) if isinstance(models, list) else 0,
         latency_s=time.monotonic() - started,
     )
 
 
-async def probe_all(urls: Sequence[str], timeout_s: float) -> list[BackendProbe]:
-    return list(await asyncio.gather(*(probe(u, timeout_s) for u in urls)))
+async def probe_all(configured: Sequence[Backend], timeout_s: float) -> list[BackendProbe]:
+    """Every backend at once, reported by priority then configuration order."""
+    return list(await asyncio.gather(*(probe(b, timeout_s) for b in in_order(configured))))

@@ -312,9 +312,14 @@ def usage_pb(view: UsageView) -> pb.UsageReport:
     )
 
 
-def backend_models_pb(found: dict[str, list[str]]) -> pb.ListModelsResponse:
+def backend_models_pb(found: list[models.BackendListing]) -> pb.ListModelsResponse:
     return pb.ListModelsResponse(
-        backends=[pb.BackendModels(backend=url, models=names) for url, names in found.items()]
+        backends=[
+            pb.BackendModels(
+                backend=b.url, models=b.models, name=b.name, priority=b.priority, live=b.live
+            )
+            for b in found
+        ]
     )
 
 
@@ -332,6 +337,8 @@ def probe_pb(found: backends.BackendProbe) -> pb.BackendStatus:
     latency.FromNanoseconds(int(found.latency_s * 1e9))
     return pb.BackendStatus(
         url=found.url,
+        name=found.name,
+        priority=found.priority,
         reachable=found.reachable,
         version=found.version,
         model_count=found.model_count,

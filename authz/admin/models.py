@@ -5,11 +5,14 @@ this module only feeds a tenant's or key's records to them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from authz import models as rules
+from authz.admin import backends
 from authz.admin.records import KeyRecord, TenantRecord
+from gateway.backends import Backend
 
 
 class ModelSource(Protocol):
@@ -26,8 +29,32 @@ class Policy:
     models: tuple[str, ...]  # effective: what the target may call now
 
 
+@dataclass(frozen=True, slots=True)
+class BackendListing:
+    """One configured backend and the models of its fresh list (none when not ``live``)."""
+
+    name: str
+    url: str
+    priority: int
+    live: bool  # it answered discovery within the TTL (the snapshot has its list)
+    models: tuple[str, ...]
+
+
 def discovered(source: ModelSource | None) -> dict[str, frozenset[str]]:
     return {} if source is None else dict(source.snapshot())
+
+
+def listings(
+    configured: Sequence[Backend], available: dict[str, frozenset[str]]
+) -> list[BackendListing]:
+    """Every configured backend, live or not, by priority then configuration order: a backend
+    that stopped answering shows as not live instead of vanishing from the list."""
+    return [
+        BackendListing(
+            b.name, b.url, b.priority, b.url in available, tuple(sorted(available.get(b.url, ())))
+        )
+        for b in backends.in_order(configured)
+    ]
 
 
 def policy(

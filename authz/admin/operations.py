@@ -20,7 +20,6 @@ from argon2 import PasswordHasher
 
 from authz.admin import (
     audit,
-    backends,
     budgets,
     keystore,
     models,
@@ -29,10 +28,12 @@ from authz.admin import (
     tenantstore,
     usage,
 )
-from authz.admin.errors import InvalidArgument, NotFound
+from authz.admin import backends as admin_backends  # the field `backends` would shadow it
+from authz.admin.errors import InvalidArgument
 from authz.admin.records import KeyRecord, TenantRecord
 from authz.admin.sql import Connection
 from authz.admin.validation import check_text
+from gateway.backends import Backend
 from gateway.periods import Period
 
 
@@ -62,7 +63,7 @@ class UsageView:
 class Admin:
     pool: asyncpg.Pool
     hasher: PasswordHasher
-    backend_urls: Sequence[str]
+    backends: tuple[Backend, ...]  # as configured (gateway.backends.configured)
     discovery: models.ModelSource | None = None
     redis: aioredis.Redis | None = None  # live budget counters (authz's); None: the ledger
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
@@ -240,14 +241,10 @@ class Admin:
 
     # -- models, usage, backends --------------------------------------------------------
 
-    def list_models(self, backend: str = "") -> dict[str, list[str]]:
-        found = models.discovered(self.discovery)
-        if backend:
-            backend = backend.rstrip("/")
-            if backend not in found and backend not in self.backend_urls:
-                raise NotFound(f"no backend {backend!r}")
-            found = {backend: found.get(backend, frozenset())}
-        return {url: sorted(names) for url, names in sorted(found.items())}
+    def list_models(self, backend: str = "") -> list[models.BackendListing]:
+        """Every configured backend's models, or one backend's (by name or URL)."""
+        chosen = (admin_backends.find(self.backends, backend),) if backend else self.backends
+        return models.listings(chosen, models.discovered(self.discovery))
 
     async def effective_models(self, target: Target) -> models.Policy:
         async with self.pool.acquire() as conn:
@@ -270,10 +267,10 @@ class Admin:
             )
         return UsageView(window, rows, total)
 
-    async def probe_backends(self, timeout_s: float) -> list[backends.BackendProbe]:
+    async def probe_backends(self, timeout_s: float) -> list[admin_backends.BackendProbe]:
         if not 0 < timeout_s <= 30:
             raise InvalidArgument("timeout must be between 0 and 30 seconds")
-        return await backends.probe_all(list(self.backend_urls), timeout_s)
+        return await admin_backends.probe_all(self.backends, timeout_s)
 
     # -- helpers ------------------------------------------------------------------------
 

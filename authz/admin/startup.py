@@ -14,6 +14,7 @@ from authz.admin.models import ModelSource
 from authz.admin.operations import Admin
 from authz.admin.servicer import SERVICE_NAME, register
 from gateway import apikeys, grpcserver, logs
+from gateway.backends import Backend, from_urls
 from gateway.settings import Settings, is_loopback
 
 _log = logs.get("admin")
@@ -25,7 +26,10 @@ async def start(
     *,
     discovery: ModelSource | None = None,
     redis: aioredis.Redis | None = None,
+    backends: tuple[Backend, ...] | None = None,
 ) -> grpc.aio.Server:
+    """``backends``: the configured ones (authz passes discovery's); without them (tests),
+    the backends ``cfg.ollama_urls`` names."""
     tokens = TokenCheck(cfg.admin_token)
     if not tokens.enabled:
         _log.warning("admin_disabled", reason="no admin token configured; every call is denied")
@@ -34,7 +38,8 @@ async def start(
     if not is_loopback(cfg.admin_listen.rsplit(":", 1)[0]):
         _log.warning("admin_not_loopback", listen=cfg.admin_listen)
     hasher = apikeys.hasher(cfg.argon2_time_cost, cfg.argon2_memory_kib)
-    admin = Admin(pool, hasher, list(cfg.ollama_urls), discovery=discovery, redis=redis)
+    configured = from_urls(list(cfg.ollama_urls)) if backends is None else backends
+    admin = Admin(pool, hasher, configured, discovery=discovery, redis=redis)
     server = await grpcserver.start(
         cfg.admin_listen,
         [register(admin)],

@@ -41,8 +41,17 @@ Models: a fresh mock has ``llama3.2:latest``, ``qwen2.5:0.5b``, ``nomic-embed-te
 Ollama lists one (``remote_model``, ``remote_host``, a 384-byte stub), so a tenant's cloud
 opt-in can be tested; the mock answers it locally like the others.
 
+``--models a,b:7b`` hosts exactly those models instead (a default model keeps its entry, any
+other name is a plausibly pulled one): several mocks then play several backends, each with its
+own models; a model a mock does not host gets Ollama's 404 (``model "x" not found, try pulling it
+first``, or the OpenAI/Anthropic error object on ``/v1/*``).
+
 Introspection: ``GET /_mock/requests`` lists the last 200 requests received (method, path,
 lower-case headers, parsed body, raw body), so tests can prove what reached the model server.
+``GET /_mock/info`` says which backend the mock plays (``--name``) and which models it hosts; a
+named mock sends ``x-mock-backend: <name>`` on every answer. ``POST /_mock/fault``
+(``{"status": 500}``, ``{"delay_s": 2.5}``, ``{}`` to heal) breaks or slows every later request
+outside ``/_mock``, so a test can fail one backend of several while its port stays open.
 
 Ollama quirks kept on purpose
 -----------------------------
@@ -72,27 +81,44 @@ Modules
   ``generation``: the counting rule and the knobs; ``vectors``: pseudo-embeddings;
   ``wire``: JSON/NDJSON/SSE encoding; ``go_json``: bodies read as Go's decoder reads them.
 * ``server``: the aiohttp app (routing, request log, error shapes), ``start`` and ``main``;
-  ``python -m devstack.mock_ollama [--host H] [--port P] [--frame-delay-s S]`` runs it.
+  ``python -m devstack.mock_ollama [--host H] [--port P] [--frame-delay-s S] [--name N]
+  [--models M1,M2]`` runs it.
 """
 
 from devstack.mock_ollama.generation import DEFAULT_OUTPUT_TOKENS, MOCK_ERROR
-from devstack.mock_ollama.models import ModelInfo, default_models, normalize_model_name
+from devstack.mock_ollama.models import (
+    ModelInfo,
+    default_models,
+    hosted_models,
+    normalize_model_name,
+)
 from devstack.mock_ollama.native import OLLAMA_VERSION
-from devstack.mock_ollama.server import bound_port, create_app, main, start
-from devstack.mock_ollama.state import MockOllama, RecordedRequest
+from devstack.mock_ollama.server import (
+    BACKEND_HEADER,
+    FAULT_MESSAGE,
+    bound_port,
+    create_app,
+    main,
+    start,
+)
+from devstack.mock_ollama.state import Fault, MockOllama, RecordedRequest
 from devstack.mock_ollama.vectors import EMBEDDING_DIM
 
 __all__ = [
+    "BACKEND_HEADER",
     "DEFAULT_OUTPUT_TOKENS",
     "EMBEDDING_DIM",
+    "FAULT_MESSAGE",
     "MOCK_ERROR",
     "OLLAMA_VERSION",
+    "Fault",
     "MockOllama",
     "ModelInfo",
     "RecordedRequest",
     "bound_port",
     "create_app",
     "default_models",
+    "hosted_models",
     "main",
     "normalize_model_name",
     "start",

@@ -116,3 +116,15 @@ def normalize_model_name(name: str) -> str:
     if ":" not in n.rsplit("/", 1)[-1]:
         n += ":latest"
     return n
+
+
+def hosted_models(names: list[str]) -> dict[str, ModelInfo]:
+    """Exactly these models (``--models``): a default model keeps its catalogue entry, any other
+    name is a plausibly pulled one. Several mocks with disjoint or overlapping sets stand in for
+    several Ollama backends, each with its own models."""
+    defaults = default_models()
+    hosted: dict[str, ModelInfo] = {}
+    for raw in names:
+        name = normalize_model_name(raw)
+        hosted[name] = defaults.get(name) or ModelInfo.pulled(name)
+    return hosted

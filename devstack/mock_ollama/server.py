@@ -1,6 +1,18 @@
 """The mock's aiohttp app: routing, the middleware that records every request, reads its body as
-Go would and its ``x-mock-frame-delay-ms`` header, and answers errors in each surface's shape;
-``start``/``main`` serve it."""
+Go would and its ``x-mock-frame-delay-ms`` header, plays the fault ``/_mock/fault`` set, and
+answers errors in each surface's shape; ``start``/``main`` serve it.
+
+Test-only control (Envoy never routes ``/_mock`` to a backend):
+
+* ``GET /_mock/requests``: the request log.
+* ``POST /_mock/fault`` ``{"status": 500}`` / ``{"delay_s": 2.5}`` / both / ``{}``: every later
+  request outside ``/_mock`` waits ``delay_s`` before its answer starts, then, with ``status``,
+  gets that status and the surface's error body (``{"error":"mock fault"}`` on ``/api/*``).
+  It is still recorded, so a test sees the attempt. ``{}`` heals the mock.
+* ``GET /_mock/info``: ``{"name": ..., "models": [...]}``, which backend this mock plays.
+
+A mock with a name (``--name``) sends ``x-mock-backend: <name>`` on every answer, so a test going
+through the gateway sees which backend served it."""
 
 from __future__ import annotations
 
@@ -9,8 +21,10 @@ import asyncio
 import dataclasses
 import json
 import logging
+import math
 import secrets
 import signal
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from aiohttp import web
@@ -18,10 +32,11 @@ from aiohttp.typedefs import Handler, Middleware
 
 from devstack.mock_ollama.anthropic_messages import AnthropicApi
 from devstack.mock_ollama.go_json import as_go_reads, go_json_error
+from devstack.mock_ollama.models import hosted_models
 from devstack.mock_ollama.native import OLLAMA_VERSION, NativeApi
 from devstack.mock_ollama.openai_compat import OpenAIApi
 from devstack.mock_ollama.openai_responses import ResponsesApi
-from devstack.mock_ollama.state import MockOllama, RecordedRequest
+from devstack.mock_ollama.state import Fault, MockOllama, RecordedRequest
 from devstack.mock_ollama.surface import BODY, DELAY_HEADER, ApiError, ParsedBody
 from devstack.mock_ollama.wire import json_response
 
@@ -34,6 +49,9 @@ _OPENAI_PATHS: Final = (
     "/v1/models",
     "/v1/responses",
 )
+FAULT_MESSAGE: Final = "mock fault"
+BACKEND_HEADER: Final = "x-mock-backend"
+_CONTROL_PREFIX: Final = "/_mock/"
 
 
 def _error_response(path: str, status: int, message: str) -> web.Response:
@@ -86,6 +104,12 @@ def _middleware(state: MockOllama) -> Middleware:
                 raw=raw.decode("utf-8", "replace"),
             )
         )
+        fault = state.fault
+        if not request.path.startswith(_CONTROL_PREFIX):
+            if fault.delay_s > 0:
+                await asyncio.sleep(fault.delay_s)
+            if fault.status is not None:
+                return _error_response(request.path, fault.status, FAULT_MESSAGE)
         token = BODY.set(body)
         delay_token = DELAY_HEADER.set(request.headers.get("x-mock-frame-delay-ms"))
         try:
@@ -109,6 +133,55 @@ def _request_log(state: MockOllama) -> Handler:
         return json_response([dataclasses.asdict(r) for r in state.requests])
 
     return recorded
+
+
+def _fault_control(state: MockOllama) -> Handler:
+    """``POST /_mock/fault``: replace the fault (not merge); answers the fault now in effect."""
+
+    async def set_fault(request: web.Request) -> web.StreamResponse:
+        body = (BODY.get() or ParsedBody()).value
+        body = {} if body is None else body
+        if not isinstance(body, dict) or set(body) - {"status", "delay_s"}:
+            raise ApiError(400, 'fault: expected {"status": 400..599, "delay_s": seconds} or {}')
+        status = body.get("status")
+        if status is not None and (
+            not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599
+        ):
+            raise ApiError(400, "fault: status must be an integer from 400 to 599")
+        delay = body.get("delay_s", 0)
+        if (
+            not isinstance(delay, int | float)
+            or isinstance(delay, bool)
+            or not math.isfinite(delay)
+            or not 0 <= delay <= 600
+        ):
+            raise ApiError(400, "fault: delay_s must be a number of seconds from 0 to 600")
+        state.fault = Fault(status=status, delay_s=float(delay))
+        return json_response(dataclasses.asdict(state.fault))
+
+    return set_fault
+
+
+def _info(state: MockOllama) -> Handler:
+    """``GET /_mock/info``: which backend this mock plays and the models it hosts now."""
+
+    async def info(request: web.Request) -> web.StreamResponse:
+        return json_response({"name": state.name, "models": list(state.models)})
+
+    return info
+
+
+def _backend_header(
+    state: MockOllama,
+) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """Marks every answer (errors, streams, faults included) with the mock's name, if it has one;
+    read when the answer starts, so a name set on the state later counts too."""
+
+    async def mark(request: web.Request, response: web.StreamResponse) -> None:
+        if state.name:
+            response.headers[BACKEND_HEADER] = state.name
+
+    return mark
 
 
 def create_app(state: MockOllama) -> web.Application:
@@ -137,6 +210,9 @@ def create_app(state: MockOllama) -> web.Application:
     r.add_post("/v1/messages", AnthropicApi(state).messages)
     # Test-only introspection; Envoy never routes /_mock to a backend.
     r.add_get("/_mock/requests", _request_log(state))
+    r.add_post("/_mock/fault", _fault_control(state))
+    r.add_get("/_mock/info", _info(state))
+    app.on_response_prepare.append(_backend_header(state))
     return app
 
 
@@ -161,13 +237,19 @@ def bound_port(runner: web.AppRunner) -> int:
     raise RuntimeError("runner is not listening on a TCP port")
 
 
-async def _serve(host: str, port: int, frame_delay_s: float) -> None:
-    runner, _state = await start(host, port, MockOllama(frame_delay_s=frame_delay_s))
+async def _serve(host: str, port: int, state: MockOllama) -> None:
+    runner, _state = await start(host, port, state)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    log.info("mock ollama %s listening on http://%s:%d", OLLAMA_VERSION, host, bound_port(runner))
+    log.info(
+        "mock ollama %s %r listening on http://%s:%d",
+        OLLAMA_VERSION,
+        state.name,
+        host,
+        bound_port(runner),
+    )
     try:
         await stop.wait()
     finally:
@@ -183,6 +265,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--frame-delay-s", type=float, default=0.0, help="sleep between streamed frames (default 0)"
     )
+    parser.add_argument(
+        "--name",
+        type=_backend_name,
+        default="",
+        help="the backend this mock plays: /_mock/info and the x-mock-backend header",
+    )
+    parser.add_argument(
+        "--models",
+        help="comma-separated models to host instead of the default set (e.g. llama3.2,qwen2.5:7b)",
+    )
     args = parser.parse_args(argv)
+    models = None
+    if args.models is not None:
+        models = hosted_models([m for m in (x.strip() for x in args.models.split(",")) if m])
+    state = MockOllama(models=models, frame_delay_s=args.frame_delay_s, name=args.name)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(_serve(args.host, args.port, args.frame_delay_s))
+    asyncio.run(_serve(args.host, args.port, state))
+
+
+def _backend_name(value: str) -> str:
+    """A name that fits in a header value."""
+    if not value.isprintable():
+        raise argparse.ArgumentTypeError("the name must be printable (it is sent as a header)")
+    return value.strip()

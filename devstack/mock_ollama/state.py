@@ -12,6 +12,16 @@ REQUEST_HISTORY: Final = 200
 
 
 @dataclass(frozen=True)
+class Fault:
+    """What ``POST /_mock/fault`` set: every later model-server request waits ``delay_s`` before
+    its answer starts and, with ``status``, fails with it (a backend down, broken or slow, while
+    its port stays open). ``Fault()`` is a healthy mock."""
+
+    status: int | None = None
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True)
 class RecordedRequest:
     """One request the mock received. ``headers`` keys are lowercase; ``body`` is the parsed JSON
     body, or None (no body, or not valid JSON); ``raw`` the body's bytes as UTF-8 text (tests
@@ -28,10 +38,16 @@ class MockOllama:
     """The mock's mutable state; tests change it directly (add models, slow frames down)."""
 
     def __init__(
-        self, models: dict[str, ModelInfo] | None = None, frame_delay_s: float = 0.0
+        self,
+        models: dict[str, ModelInfo] | None = None,
+        frame_delay_s: float = 0.0,
+        name: str = "",
     ) -> None:
         self.models: dict[str, ModelInfo] = default_models() if models is None else models
         self.frame_delay_s: float = frame_delay_s
+        # Which backend this mock plays (``--name``): sent as ``x-mock-backend`` on every answer.
+        self.name: str = name
+        self.fault: Fault = Fault()
         self.requests: deque[RecordedRequest] = deque(maxlen=REQUEST_HISTORY)
         self.disconnects: int = 0  # streams the client abandoned before their last frame
 

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from gateway.backends import from_urls
 from tests.e2e.test_authz_support import FORBIDDEN
 from tests.gateway_client import Gateway
 from tests.polling import poll
@@ -518,9 +519,22 @@ def needs_the_mock(gw: Gateway) -> None:
 
 def test_models_discovered_and_effective(gw: Gateway, admin: Grpcurl) -> None:
     needs_the_mock(gw)
-    listed = admin.call("ListModels", {})
-    backends = {b["backend"]: b.get("models", []) for b in listed["backends"]}
-    assert backends == {gw.stack.ollama_urls[0]: [MOCK_CLOUD, *MOCK_LOCAL]}
+    listed = admin.call("ListModels", {})["backends"]
+    # One backend named "ollama" at priority 0: JSON leaves a zero priority out, as grpcurl does.
+    assert listed == [
+        {
+            "backend": gw.stack.ollama_urls[0],
+            "name": "ollama",
+            "live": True,
+            "models": [MOCK_CLOUD, *MOCK_LOCAL],
+        }
+    ]
+    by_name = admin.call("ListModels", {"backend": "ollama"})["backends"]
+    by_url = admin.call("ListModels", {"backend": gw.stack.ollama_urls[0]})["backends"]
+    assert by_name == by_url == listed
+    with pytest.raises(grpc.RpcError) as excinfo:
+        admin.call("ListModels", {"backend": "no-such-backend"})
+    assert rpc_error(excinfo) == (grpc.StatusCode.NOT_FOUND, "no backend 'no-such-backend'")
 
     name = tenant_name()
     admin.call(
@@ -569,7 +583,9 @@ def test_a_cloud_model_needs_the_opt_in_in_the_admin_view_and_at_check(
 
 def test_probe_backends_reports_version_and_models(gw: Gateway, admin: Grpcurl) -> None:
     found = admin.call("ProbeBackends", {"timeout": "2s"})["backends"]
-    assert [b["url"] for b in found] == gw.stack.ollama_urls
+    # The default stack: one backend "ollama" at priority 0 (JSON leaves a zero out).
+    configured = [(b.name, b.url, b.priority) for b in from_urls(gw.stack.ollama_urls)]
+    assert [(b["name"], b["url"], b.get("priority", 0)) for b in found] == configured
     for backend in found:
         assert backend["reachable"] is True
         assert backend["version"]

@@ -244,7 +244,12 @@ def test_dev_without_the_local_extra_says_what_to_install(installed: Installed) 
 def test_migrate_creates_the_schema_then_applies_nothing(installed: Installed) -> None:
     before = installed.run("migrate", "--status")
     assert before.returncode == 0, before.stderr
-    shipped = ("0001_schema.sql", "0002_audit_partitions.sql", "0003_tenant_ceilings.sql")
+    shipped = (
+        "0001_schema.sql",
+        "0002_audit_partitions.sql",
+        "0003_tenant_ceilings.sql",
+        "0004_audit_backend.sql",
+    )
     assert [line.split() for line in before.stdout.splitlines()] == [
         ["pending", name, "-"] for name in shipped
     ]
@@ -317,7 +322,6 @@ def running(installed: Installed, stack: Stack) -> Iterator[dict[str, object]]:
         )
     listener, admin = free_port(), free_port()
     clusters = {name: [("127.0.0.1", ports[name])] for name in SERVICES}
-    clusters["ollama"] = [envoyconf.url_endpoint(url) for url in stack.ollama_urls]
     rendered = envoyconf.render(envoyconf.ENVOY_DIR / "envoy.yaml", listener, admin, clusters)
     config = envoyconf.write(rendered, installed.work / "envoy.yaml")
     procs.append(Proc("inst-envoy", envoy_argv(config), logs, port=listener))

@@ -11,6 +11,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from accounting import audit
+from accounting.audit import AuditRow
 from devstack.stack import Stack
 from gateway import auditparts, migrate
 from tests.databases import fresh_database
@@ -164,3 +166,69 @@ def test_0002_partitions_the_audit_log_and_keeps_its_rows(stack: Stack, tmp_path
     assert kind == "p"  # partitioned
     assert [tuple(r.values()) for r in rows] == [(*row, 1) for row in old_rows]
     assert parts == ["gateway.audit_log_p20260304", "gateway.audit_log_p20260305"]
+
+
+def test_0004_adds_backend_and_attempts_to_every_audit_partition(
+    stack: Stack, tmp_path: Path
+) -> None:
+    url = fresh_database(stack.database_url, "m")
+    before = [m for m in migrate.discover() if m.name < "0004"]
+    for migration in before:
+        (tmp_path / migration.name).write_text(migration.sql, encoding="utf-8")
+    assert asyncio.run(migrate.apply(url, tmp_path)) == [m.name for m in before]
+    now = datetime.now(UTC)  # one clock for the whole test: no midnight in between
+    old_day = now - timedelta(days=1)
+
+    def row(request_id: str, ts: datetime, backend: str, attempts: int) -> AuditRow:
+        return AuditRow(
+            request_id, ts, None, "abcdefghijkl", "POST", "/api/chat", "m", 200, 1, 2, False,
+            3.0, 4, 5, "10.0.0.1", "", None, backend=backend, attempts=attempts,
+        )  # fmt: skip
+
+    async def scenario() -> tuple[str, list[tuple[str, str, str]], list[asyncpg.Record]]:
+        conn = await asyncpg.connect(url)
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
+        assert pool is not None
+        try:
+            await conn.execute(
+                "INSERT INTO gateway.audit_log (request_id, ts, method, endpoint, status)"
+                " VALUES ('r-old', $1, 'GET', '/api/tags', 200)",
+                old_day,
+            )
+            # Yesterday's and today's partitions exist before the migration; later ones after.
+            await auditparts.maintain(conn, retention_days=30, ahead_days=0, now=now)
+            applied = await migrate.apply(url)
+            await auditparts.maintain(conn, retention_days=30, ahead_days=2, now=now)
+            later = now + timedelta(days=2)
+            await audit.write(pool, [row("r-failover", later, "gpu-b", 2)])
+            columns = await conn.fetch(
+                "SELECT c.relname, a.attname, pg_get_expr(d.adbin, d.adrelid) AS dflt"
+                "  FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                "  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnotnull"
+                "  JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum"
+                " WHERE i.inhparent = 'gateway.audit_log'::regclass"
+                "   AND a.attname IN ('backend', 'attempts')"
+                " ORDER BY c.relname, a.attname"
+            )
+            rows = await conn.fetch(
+                "SELECT request_id, backend, attempts, tableoid::regclass::text AS part"
+                " FROM gateway.audit_log ORDER BY request_id"
+            )
+            return applied[-1], [(c["relname"], c["attname"], c["dflt"]) for c in columns], rows
+        finally:
+            await pool.close()
+            await conn.close()
+
+    applied, columns, rows = asyncio.run(scenario())
+    assert applied == "0004_audit_backend.sql"
+    days = [old_day.date() + timedelta(days=n) for n in range(4)]
+    partitions = ["audit_log_default", *(auditparts.partition_name(d) for d in days)]
+    assert columns == [
+        (part, name, default)
+        for part in sorted(partitions)
+        for name, default in (("attempts", "0"), ("backend", "''::text"))
+    ]
+    assert [tuple(r.values()) for r in rows] == [
+        ("r-failover", "gpu-b", 2, f"gateway.{auditparts.partition_name(days[3])}"),
+        ("r-old", "", 0, f"gateway.{auditparts.partition_name(days[0])}"),
+    ]

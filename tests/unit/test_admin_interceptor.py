@@ -86,7 +86,9 @@ async def test_failures_map_to_their_status_codes(channel: grpc.aio.Channel) -> 
     )
 
     listed = await stub.ListModels(pb.ListModelsRequest(), metadata=BEARER, timeout=5)
-    assert listed == pb.ListModelsResponse()  # no discovery: nothing discovered, and OK
+    # No discovery: the backend NZ_OLLAMA_URLS names (startup's fallback) is listed, not live.
+    unlisted = pb.BackendModels(name="ollama", backend="http://127.0.0.1:1", live=False)
+    assert listed == pb.ListModelsResponse(backends=[unlisted])
     assert _count("ListModels", "OK") >= 1
 
 

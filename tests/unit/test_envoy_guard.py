@@ -144,7 +144,7 @@ def test_the_dev_stacks_rendered_config_passes(
         envoyconf.ENVOY_DIR / "envoy.yaml",
         18080,
         19901,
-        {"ollama": [("127.0.0.1", 11434), ("127.0.0.1", 11435)], "authz": [("127.0.0.1", 1)]},
+        {"authz": [("127.0.0.1", 1)]},
         edge,
     )
     assert check_files([envoyconf.write(rendered, tmp_path / "envoy.yaml")]) == []

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 import yaml
 
+from authz import eds
 from authz.check import _UNAUTHORIZED_HEADERS
 from devstack import envoyconf
 from devstack.processes import envoy_bin
-from gateway import apikeys
+from gateway import apikeys, backends, endpoints
 from gateway.errorbodies import UPSTREAM_UNAVAILABLE, ErrorText, body_for, error_body
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +24,7 @@ RATELIMIT = "envoy.filters.http.ratelimit"
 
 def _rendered() -> dict[str, Any]:
     return envoyconf.render(
-        envoyconf.ENVOY_DIR / "envoy.yaml", 18080, 19901, {"ollama": [("127.0.0.1", 1)]}
+        envoyconf.ENVOY_DIR / "envoy.yaml", 18080, 19901, {"authz": [("127.0.0.1", 1)]}
     )
 
 
@@ -57,10 +58,19 @@ def test_render_repoints_listener_admin_and_clusters(tmp_path: Path) -> None:
     listener = config["static_resources"]["listeners"][0]["address"]["socket_address"]
     assert (listener["address"], listener["port_value"]) == ("127.0.0.1", 18080)
     assert config["admin"]["address"]["socket_address"]["port_value"] == 19901
-    ollama = next(c for c in config["static_resources"]["clusters"] if c["name"] == "ollama")
-    endpoint = ollama["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    authz = next(c for c in config["static_resources"]["clusters"] if c["name"] == "authz")
+    endpoint = authz["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     assert endpoint["address"]["socket_address"]["port_value"] == 1
     _validate(config, tmp_path)
+
+
+def test_the_backends_are_never_in_the_envoy_config() -> None:
+    """The ollama cluster's endpoints come from authz's EDS: a rendered config cannot carry
+    backend addresses (they would go stale with discovery, and lose the model subsets)."""
+    with pytest.raises(ValueError, match="ollama"):
+        envoyconf.render(
+            envoyconf.ENVOY_DIR / "envoy.yaml", 18080, 19901, {"ollama": [("127.0.0.1", 1)]}
+        )
 
 
 @pytest.mark.parametrize(
@@ -182,7 +192,7 @@ def test_edge_limits_can_be_rendered(tmp_path: Path) -> None:
         request_timeout_s=2.5,
     )
     config = envoyconf.render(
-        envoyconf.ENVOY_DIR / "envoy.yaml", 18080, 19901, {"ollama": [("127.0.0.1", 1)]}, edge
+        envoyconf.ENVOY_DIR / "envoy.yaml", 18080, 19901, {"authz": [("127.0.0.1", 1)]}, edge
     )
     monitors = _monitors(config)
     assert monitors[envoyconf.FIXED_HEAP]["max_heap_size_bytes"] == 1 << 28
@@ -277,7 +287,7 @@ def test_the_well_formed_key_of_envoy_is_gateway_apikeys() -> None:
 def _lua_bodies(config: dict[str, Any]) -> dict[str, str]:
     """The upstream Lua filter's two bodies: the default (Ollama's) and the OpenAI one."""
     (router,) = [f for f in _hcm(config)["http_filters"] if f["name"].endswith(".router")]
-    (lua, codec) = router["typed_config"]["upstream_http_filters"]
+    (lua, _credentials, codec) = router["typed_config"]["upstream_http_filters"]
     assert codec["name"] == "envoy.filters.http.upstream_codec"
     source: str = lua["typed_config"]["default_source_code"]["inline_string"]
     assignments = re.findall(r"\bbody = '([^'\\]*)'", source)
@@ -378,3 +388,40 @@ def test_every_error_body_envoy_answers_is_authz_decision_s() -> None:
         checked += 1
     # ... and no other error body anywhere in the file.
     assert sum(s.count('"error"') for s in _strings(config)) == checked
+
+
+def test_envoy_adds_exactly_the_credential_headers_a_backend_may_set() -> None:
+    """gateway/backends.py accepts a backend header only if envoy.yaml's upstream
+    header_mutation sends it from the endpoint's metadata (authz/eds.py): one list each, kept
+    equal here."""
+    (router,) = [f for f in _hcm(_rendered())["http_filters"] if f["name"].endswith(".router")]
+    (_lua, credentials, _codec) = router["typed_config"]["upstream_http_filters"]
+    assert credentials["name"] == "envoy.filters.http.header_mutation"
+    added = {
+        m["append"]["header"]["key"]: m["append"]["header"]["value"]
+        for m in credentials["typed_config"]["mutations"]["request_mutations"]
+    }
+    assert added == {
+        name: f"%UPSTREAM_METADATA(nz.backend:{name})%" for name in backends.CREDENTIAL_HEADERS
+    }
+
+
+def test_envoy_routes_by_the_model_header_authz_sets_through_authzs_eds() -> None:
+    """One name each side: authz's model header (gateway/endpoints.py) and EDS cluster
+    (authz/eds.py) are the ones envoy.yaml reads."""
+    config = _rendered()
+    (rule,) = next(
+        f for f in _hcm(config)["http_filters"] if f["name"].endswith("header_to_metadata")
+    )["typed_config"]["request_rules"]
+    assert rule == {
+        "header": endpoints.MODEL_HEADER,
+        "on_header_present": {"metadata_namespace": "envoy.lb", "key": "model", "type": "STRING"},
+        "remove": True,
+    }
+    (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == eds.CLUSTER]
+    assert cluster["type"] == "EDS"
+    (source,) = cluster["eds_cluster_config"]["eds_config"]["api_config_source"]["grpc_services"]
+    assert source == {"envoy_grpc": {"cluster_name": "authz"}}
+    subsets = cluster["lb_subset_config"]
+    assert subsets["list_as_any"] is True
+    assert subsets["subset_selectors"] == [{"keys": ["model"], "fallback_policy": "NO_FALLBACK"}]
