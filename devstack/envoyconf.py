@@ -22,6 +22,7 @@ HCM = "envoy.filters.network.http_connection_manager"
 ACCOUNTING_FILTERS = ("nz.strip", "nz.rewrite", "nz.accounting")
 FIXED_HEAP = "envoy.resource_monitors.fixed_heap"
 DOWNSTREAM_CONNECTIONS = "envoy.resource_monitors.global_downstream_max_connections"
+BACKENDS_CLUSTER = "ollama"  # the model servers (authz's EDS, authz/eds.py)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class EdgeLimits:
     # How long a backend has for its first response byte before the next one is tried
     # (every route's retry_policy per_try_timeout; envoy.yaml: 120 s).
     backend_try_timeout_s: float | None = None
+    # The CA bundle Envoy verifies https:// backends against (the ollama cluster's tls
+    # transport socket, trusted_ca; envoy.yaml: the system's): a stack's own test CA.
+    backend_ca_file: str | None = None
 
 
 def render(
@@ -91,6 +95,8 @@ def _apply_edge(config: dict[str, Any], edge: EdgeLimits) -> None:
     if edge.max_downstream_connections is not None:
         limit = edge.max_downstream_connections
         monitors[DOWNSTREAM_CONNECTIONS]["max_active_downstream_connections"] = limit
+    if edge.backend_ca_file is not None:
+        _trust_backend_ca(config, edge.backend_ca_file)
     for hcm in http_connection_managers(config):
         if edge.backend_try_timeout_s is not None:
             for vhost in hcm["route_config"]["virtual_hosts"]:
@@ -102,6 +108,25 @@ def _apply_edge(config: dict[str, Any], edge: EdgeLimits) -> None:
             hcm["request_headers_timeout"] = f"{edge.request_headers_timeout_s}s"
         if edge.request_timeout_s is not None:
             hcm["request_timeout"] = f"{edge.request_timeout_s}s"
+
+
+def _trust_backend_ca(config: dict[str, Any], ca_file: str) -> None:
+    """Every TLS transport socket of the backends cluster verifies against ``ca_file``. Fails
+    when there is none: a config that moved its TLS elsewhere must not be tested with the
+    system's CAs by mistake."""
+    replaced = 0
+    for cluster in config["static_resources"]["clusters"]:
+        if cluster["name"] != BACKENDS_CLUSTER:
+            continue
+        for match in cluster.get("transport_socket_matches", []):
+            tls = match["transport_socket"]["typed_config"]
+            validation = tls.setdefault("common_tls_context", {}).setdefault(
+                "validation_context", {}
+            )
+            validation["trusted_ca"] = {"filename": ca_file}
+            replaced += 1
+    if not replaced:
+        raise ValueError(f"cluster {BACKENDS_CLUSTER!r} has no TLS transport socket to re-point")
 
 
 def http_connection_managers(config: Mapping[str, Any]) -> list[dict[str, Any]]:

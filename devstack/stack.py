@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import secrets
 import shutil
 import signal
+import ssl
 import tempfile
 import time
 import urllib.request
@@ -34,6 +36,7 @@ from gateway.services import SERVICE_MODULES
 SERVICES = tuple(SERVICE_MODULES)
 MOCK_PROC = "mock_ollama"  # the default single mock; a named one is "mock_ollama:<name>"
 DEFAULT_BACKEND = "ollama"  # gateway.backends.from_urls's name for a single URL
+TLS_HOST = "localhost"  # an https mock's host: in its URL, its certificate, Envoy's SNI
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,9 @@ class MockBackend:
     # Credentials Envoy adds upstream (gateway/backends.py CREDENTIAL_HEADERS): each value is
     # written to a file of the stack's and named by the backends file, as an operator would.
     headers: tuple[tuple[str, str], ...] = ()
+    # Served over https (a hosted API): a certificate for TLS_HOST from the stack's own test CA,
+    # which Envoy and authz are made to trust (Stack.backend_ca).
+    tls: bool = False
 
 
 @dataclass
@@ -80,6 +86,9 @@ class Stack:
     # backend name -> URL, in config order ({"ollama": url} for the default single mock)
     backends: dict[str, str] = field(default_factory=dict, init=False)
     backends_file: Path | None = field(default=None, init=False)
+    # With an https mock: the CA bundle that trusts it, the system's CAs plus the stack's test
+    # CA (Envoy's trusted_ca, the services' SSL_CERT_FILE; a client's verify=)
+    backend_ca: Path | None = field(default=None, init=False)
     listener: str = field(default="", init=False)
     envoy_admin: str = field(default="", init=False)
     admin_token: str = field(default="", init=False)
@@ -242,13 +251,46 @@ class Stack:
 
     def _start_mock(self, proc_name: str, mock: MockBackend | None = None) -> str:
         port = free_port()
-        args = ["--host", "127.0.0.1", "--port", str(port)]
+        tls = mock is not None and mock.tls
+        # An https mock is named by host, as a hosted API is: it listens on every address the
+        # name resolves to, since authz publishes every one of them to Envoy.
+        host = TLS_HOST if tls else "127.0.0.1"
+        args = ["--host", host, "--port", str(port)]
         if mock is not None:
             args += ["--name", mock.name]
             if mock.models is not None:
                 args += ["--models", ",".join(mock.models)]
+        if tls:
+            cert, key = self._tls_server_files()
+            args += ["--tls-cert", str(cert), "--tls-key", str(key)]
         self._proc(proc_name, python_module("devstack.mock_ollama", *args), port).start()
-        return f"http://127.0.0.1:{port}"
+        return f"{'https' if tls else 'http'}://{host}:{port}"
+
+    def _tls_server_files(self) -> tuple[Path, Path]:
+        """The https mocks' certificate chain and key (for TLS_HOST), issued by a CA made for
+        this stack on first use; sets :attr:`backend_ca`. The bundle adds the CA to the system's
+        CAs rather than replacing them: SSL_CERT_FILE replaces OpenSSL's default file, and a
+        stack may also have real https backends."""
+        tls_dir = self.work_dir / "tls"
+        cert, key = tls_dir / f"{TLS_HOST}.pem", tls_dir / f"{TLS_HOST}-key.pem"
+        if self.backend_ca is not None:
+            return cert, key
+        import trustme  # lazily: only a stack with an https mock needs it (the test extra)
+
+        ca = trustme.CA(organization_name="neuronetz-gateway test stack")
+        issued = ca.issue_cert(TLS_HOST)
+        tls_dir.mkdir(exist_ok=True)
+        cert.write_bytes(b"".join(pem.bytes() for pem in issued.cert_chain_pems))
+        key.touch(mode=0o600)
+        issued.private_key_pem.write_to_path(str(key))
+        system = ssl.get_default_verify_paths().cafile
+        bundle = tls_dir / "ca-bundle.pem"
+        bundle.write_bytes(
+            (Path(system).read_bytes().rstrip(b"\n") + b"\n" if system else b"")
+            + ca.cert_pem.bytes()
+        )
+        self.backend_ca = bundle
+        return cert, key
 
     def _backend_proc(self, name: str) -> Proc:
         proc_name = MOCK_PROC if not self.config.mocks else f"{MOCK_PROC}:{name}"
@@ -288,6 +330,10 @@ class Stack:
         )
         if self.backends_file is not None:
             env["NZ_BACKENDS_FILE"] = str(self.backends_file)
+        if self.backend_ca is not None:
+            # authz polls the https mocks itself (aiohttp: the ssl module's default context,
+            # which reads SSL_CERT_FILE)
+            env["SSL_CERT_FILE"] = str(self.backend_ca)
         if any(name.split(":")[0] == MOCK_PROC for name in self.procs):
             # The mock's test knobs ride in Ollama's options: let authz pass them.
             env["NZ_INERT_OPTIONS"] = "mock_frame_delay_ms,mock_error_after,mock_omit_counts"
@@ -322,9 +368,10 @@ class Stack:
         from NZ_OLLAMA_URLS or NZ_BACKENDS_FILE)."""
         clusters = {name: [("127.0.0.1", self.ports[name])] for name in SERVICES}
         source = envoyconf.ENVOY_DIR / "envoy.yaml"
-        return envoyconf.render(
-            source, listener, admin, clusters, edge or self.config.edge, self.config.listener_addr
-        )
+        edge = edge or self.config.edge
+        if self.backend_ca is not None and edge.backend_ca_file is None:
+            edge = dataclasses.replace(edge, backend_ca_file=str(self.backend_ca))
+        return envoyconf.render(source, listener, admin, clusters, edge, self.config.listener_addr)
 
     def _start_envoy(self) -> None:
         listener = self.config.listener_port or free_port()

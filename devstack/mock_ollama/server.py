@@ -12,7 +12,8 @@ Test-only control (Envoy never routes ``/_mock`` to a backend):
 * ``GET /_mock/info``: ``{"name": ..., "models": [...]}``, which backend this mock plays.
 
 A mock with a name (``--name``) sends ``x-mock-backend: <name>`` on every answer, so a test going
-through the gateway sees which backend served it."""
+through the gateway sees which backend served it. With ``--tls-cert``/``--tls-key`` it serves
+https, as a hosted API does."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import logging
 import math
 import secrets
 import signal
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -217,16 +219,29 @@ def create_app(state: MockOllama) -> web.Application:
 
 
 async def start(
-    host: str, port: int, state: MockOllama | None = None
+    host: str,
+    port: int,
+    state: MockOllama | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[web.AppRunner, MockOllama]:
-    """Serve a mock on ``host:port`` (port 0: a free one, see :func:`bound_port`).
+    """Serve a mock on ``host:port`` (port 0: a free one, see :func:`bound_port`), over TLS
+    with ``ssl_context``. A host name is bound on every address it resolves to (``localhost``:
+    127.0.0.1 and ::1 where both exist), the addresses authz publishes to Envoy for it.
     Stop it with ``await runner.cleanup()``."""
     state = MockOllama() if state is None else state
     runner = web.AppRunner(create_app(state), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     return runner, state
+
+
+def server_tls(cert: str, key: str) -> ssl.SSLContext:
+    """A server context for an https mock (a hosted backend): the certificate chain at
+    ``cert`` (PEM, leaf first) and its key at ``key``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
 
 
 def bound_port(runner: web.AppRunner) -> int:
@@ -237,16 +252,19 @@ def bound_port(runner: web.AppRunner) -> int:
     raise RuntimeError("runner is not listening on a TCP port")
 
 
-async def _serve(host: str, port: int, state: MockOllama) -> None:
-    runner, _state = await start(host, port, state)
+async def _serve(
+    host: str, port: int, state: MockOllama, ssl_context: ssl.SSLContext | None = None
+) -> None:
+    runner, _state = await start(host, port, state, ssl_context)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info(
-        "mock ollama %s %r listening on http://%s:%d",
+        "mock ollama %s %r listening on %s://%s:%d",
         OLLAMA_VERSION,
         state.name,
+        "http" if ssl_context is None else "https",
         host,
         bound_port(runner),
     )
@@ -275,13 +293,18 @@ def main(argv: list[str] | None = None) -> None:
         "--models",
         help="comma-separated models to host instead of the default set (e.g. llama3.2,qwen2.5:7b)",
     )
+    parser.add_argument("--tls-cert", help="serve https: the certificate chain (PEM, leaf first)")
+    parser.add_argument("--tls-key", help="the certificate's private key (PEM); with --tls-cert")
     args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    context = None if args.tls_cert is None else server_tls(args.tls_cert, args.tls_key)
     models = None
     if args.models is not None:
         models = hosted_models([m for m in (x.strip() for x in args.models.split(",")) if m])
     state = MockOllama(models=models, frame_delay_s=args.frame_delay_s, name=args.name)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(_serve(args.host, args.port, state))
+    asyncio.run(_serve(args.host, args.port, state, context))
 
 
 def _backend_name(value: str) -> str:

@@ -425,3 +425,24 @@ def test_envoy_routes_by_the_model_header_authz_sets_through_authzs_eds() -> Non
     subsets = cluster["lb_subset_config"]
     assert subsets["list_as_any"] is True
     assert subsets["subset_selectors"] == [{"keys": ["model"], "fallback_policy": "NO_FALLBACK"}]
+
+
+def test_a_stacks_own_ca_replaces_the_system_cas_for_https_backends() -> None:
+    edge = envoyconf.EdgeLimits(backend_ca_file="/tmp/stack-ca.pem")
+    config = envoyconf.render(
+        envoyconf.ENVOY_DIR / "envoy.yaml", 18080, 19901, {"authz": [("127.0.0.1", 1)]}, edge
+    )
+    (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == eds.CLUSTER]
+    (tls,) = cluster["transport_socket_matches"]
+    assert tls["match"] == {"tls": True}  # authz/eds.py marks an https:// backend so
+    context = tls["transport_socket"]["typed_config"]
+    # SNI and the name checked: the endpoint's hostname (the backend's), not the client's Host.
+    assert (context["auto_host_sni"], context["auto_sni_san_validation"]) == (True, True)
+    validation = context["common_tls_context"]["validation_context"]
+    assert validation["trusted_ca"] == {"filename": "/tmp/stack-ca.pem"}
+    shipped = _rendered()
+    (cluster,) = [c for c in shipped["static_resources"]["clusters"] if c["name"] == eds.CLUSTER]
+    shipped_validation = cluster["transport_socket_matches"][0]["transport_socket"]["typed_config"]
+    assert shipped_validation["common_tls_context"]["validation_context"]["trusted_ca"] == {
+        "filename": "/etc/ssl/certs/ca-certificates.crt"
+    }
