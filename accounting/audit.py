@@ -9,7 +9,9 @@ A row stores nothing unbounded a client chose. The endpoint is the allowlisted p
 (gateway/endpoints.py); any other path is stored only for a request with a tenant, clipped to
 ``MAX_PATH_CHARS`` — a clipped value ends in ``…`` — and a request without a tenant stores
 ``other`` (those are audited in aggregate: accounting/denials.py). Model, backend name, error
-text and client address are clipped too (``MAX_TEXT_CHARS``).
+text and client address are clipped too (``MAX_TEXT_CHARS``). Why a request was refused is
+one word of :class:`gateway.requestmeta.Reason` (authz's ``reason``, ``rate`` for the RLS's
+429), never a text a client chose.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from accounting.recent import Recent
 from accounting.stream import Outcome
 from gateway import endpoints
 from gateway.requestmeta import NAMESPACE as AUTHZ_NAMESPACE
+from gateway.requestmeta import RATELIMIT_NAMESPACE, Reason
 
 # A stream Envoy logged as ended short is read this much longer before it is accounted as
 # cut (accounting/server.py); its audit row waits for that outcome a second more.
@@ -93,6 +96,7 @@ class AuditRow:
     # Defaulted, so rows spooled before these columns existed still load (accounting/spool.py).
     backend: str = ""  # the backend that answered ("" none did)
     attempts: int = 0  # upstream attempts (2+: Envoy failed over to ``backend``)
+    reason: str = ""  # why it was refused (a Reason's value; "" not refused, or not known)
     awaiting_outcome: bool = False
     received: float = field(default_factory=time.monotonic)
 
@@ -157,6 +161,23 @@ def answered_status(entry: AccessEntry, authz: dict[str, Any]) -> int:
     return entry.status
 
 
+def refusal_reason(entry: AccessEntry, status: int) -> str:
+    """Why the request was refused: authz's ``reason``; ``rate`` for the RLS's 429 (its
+    ``refused`` metadata, or Envoy's RL flag); ``key_invalid`` for the 401 Envoy's own routes
+    answer for authz (a key that is not even well-formed); "" otherwise."""
+    authz = entry.metadata.get(AUTHZ_NAMESPACE, {})
+    flags = entry.response_flags.split(",")
+    if _AUTHZ_REPLIED in flags:
+        found = Reason.read(authz.get("reason"))
+        return "" if found is None else str(found)
+    rls = entry.metadata.get(RATELIMIT_NAMESPACE, {})
+    if rls.get("refused") is True or _RATE_LIMITED in flags:
+        return str(Reason.RATE)
+    if status == 401 and entry.details != "via_upstream":
+        return str(Reason.KEY_INVALID)
+    return ""
+
+
 def row_from_entry(entry: AccessEntry) -> AuditRow:
     authz = entry.metadata.get(AUTHZ_NAMESPACE, {})
     tenant_id = uuid_or_none(_str(authz, "tenant_id"))
@@ -191,6 +212,7 @@ def row_from_entry(entry: AccessEntry) -> AuditRow:
         error=_clip_or_none(error),
         backend=backend,
         attempts=max(0, min(entry.attempts, MAX_ATTEMPTS)),
+        reason=refusal_reason(entry, status),
         # An accounted request: its counts come from its observed stream's outcome, in this
         # process (Envoy sends a worker's ext_proc streams and its access log over one
         # connection). A refusal — 4xx/5xx before the backend — has none to wait for.
@@ -242,11 +264,11 @@ class AuditRows:
 _INSERT = """
 INSERT INTO gateway.audit_log AS a (request_id, ts, tenant_id, key_prefix, method, endpoint,
     model, status, tokens_in, tokens_out, tokens_estimated, latency_ms, bytes_in, bytes_out,
-    client_ip, response_flags, error, count, backend, attempts)
+    client_ip, response_flags, error, count, backend, attempts, reason)
 SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::uuid[], $4::text[], $5::text[],
     $6::text[], $7::text[], $8::int[], $9::bigint[], $10::bigint[], $11::bool[],
     $12::float8[], $13::bigint[], $14::bigint[], $15::text[], $16::text[], $17::text[],
-    $18::int[], $19::text[], $20::smallint[])
+    $18::int[], $19::text[], $20::smallint[], $21::text[])
 ON CONFLICT (request_id, ts) DO UPDATE
    SET count = EXCLUDED.count, bytes_in = EXCLUDED.bytes_in, bytes_out = EXCLUDED.bytes_out
  WHERE a.count < EXCLUDED.count
@@ -275,6 +297,7 @@ def _columns(batch: Sequence[Any]) -> list[list[Any]]:
         [r.count for r in batch],
         [r.backend for r in batch],
         [r.attempts for r in batch],
+        [r.reason for r in batch],
     ]
 
 

@@ -48,6 +48,11 @@ class Batcher(Generic[T]):
     ) -> None:
         self.table = table
         self._write = write
+        # This table's series exist from the start, at 0: ``increase(...) > 0`` sees the first
+        # drop or failed write, and the dashboard shows 0 rather than nothing.
+        for counter in (WRITTEN, DROPPED, WRITE_ERRORS):
+            counter.labels(table)
+        BUFFERED.labels(table).set(0)
         self.capacity = capacity
         self._limit = capacity + overflow
         self._batch_max = batch_max

@@ -27,11 +27,13 @@ from accounting.settle import Settler
 from accounting.stream import Outcome, RequestInfo
 from gateway import auditparts, grpcserver, logs, metrics
 from gateway.leases import Leases
+from gateway.readiness import Readiness, redis_probe
 from gateway.requestmeta import NAMESPACE as AUTHZ_NAMESPACE
 from gateway.settings import Settings, reach
 from gateway.signals import DENY_MODE_KEY
 from gateway.storage import pg_pool, redis_client
 from gateway.storeerrors import POSTGRES_ERRORS, REDIS_ERRORS
+from gateway.tracing import interceptors as tracing_interceptors
 
 _DRAIN_S = 10.0
 # At SIGTERM, after the last observed stream ended: its access-log entry (Envoy flushes its
@@ -71,6 +73,11 @@ async def run(cfg: Settings) -> None:
     # min_size 0: accounting starts (and buffers) even while Postgres is down.
     pool = await pg_pool(cfg.database_url, min_size=0, max_size=8)
     redis = redis_client(cfg.redis_url, max(cfg.redis_timeout_s, 1.0))
+    # Ready while Redis answers. Not tied to PostgreSQL: rows are buffered while it is down,
+    # then deny mode refuses inference (docs/OPERATIONS.md, "Health"); NOT_SERVING on it would
+    # make authz refuse inference at once. An unparsable URL never starts (gateway/settings.py).
+    readiness = Readiness(health, {"redis": redis_probe(redis)})
+    await readiness.check()
     outcomes: Recent[Outcome] = Recent()
     rows = AuditRows(outcomes)
 
@@ -160,6 +167,7 @@ async def run(cfg: Settings) -> None:
             ("sweeper", promptlog.sweeper(pool, cfg.prompt_log_sweep_interval_s)),
             ("denials", denials.run(audit_rows.add, cfg.audit_flush_interval_s)),
             ("audit_partitions", audit_maintenance(pool, cfg)),
+            ("readiness", readiness.run()),
         )
     ]
     grpc_server = await grpcserver.start(
@@ -168,6 +176,7 @@ async def run(cfg: Settings) -> None:
         [server.EXT_PROC_SERVICE, server.ACCESS_LOG_SERVICE],
         reuse_port=cfg.worker,
         health=health,
+        interceptors=tracing_interceptors("accounting", cfg.otlp_endpoint),
     )
     log.info("serving", listen=cfg.accounting_listen)
 

@@ -187,17 +187,18 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         first = await anext(request_iterator, None)
         if first is None:
             return
-        if first.observability_mode:
-            await self._observe(first, request_iterator)
-            return
-        async for response in self._mutate(first, request_iterator):
-            yield response
+        info = _request_info(first)
+        with logs.request(info.request_id):  # every log line of this stream names its request
+            if first.observability_mode:
+                await self._observe(info, first, request_iterator)
+                return
+            async for response in self._mutate(first, request_iterator):
+                yield response
 
     # -- nz.accounting: observed, never answered --------------------------------------
 
-    async def _observe(self, first: Any, rest: AsyncIterator[Any]) -> None:
-        account = StreamAccount(_request_info(first))
-        info = account.info
+    async def _observe(self, info: RequestInfo, first: Any, rest: AsyncIterator[Any]) -> None:
+        account = StreamAccount(info)
         self._track(info)
         task = asyncio.current_task()
         if info.request_id and task is not None:

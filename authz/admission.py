@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from authz.principal import Principal
-from gateway import budgets, periods, slots
+from gateway import budgets, periods, scriptmetrics, slots
 from gateway.budgets import Budget
 from gateway.leases import Leases
 from gateway.periods import Period
@@ -33,6 +33,8 @@ _BUDGET_FIELDS = (
     (Period.MONTHLY, "budget_monthly"),
     (Period.TOTAL, "budget_total"),
 )
+# gateway/lua/admit.lua, with the deny-mode read in the same pipeline
+_ADMIT_SECONDS = scriptmetrics.Timer("admit")
 
 
 class Outcome(Enum):
@@ -202,7 +204,7 @@ class Admitter:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     pipe.exists(DENY_MODE_KEY)
                     pipe.evalsha(self._sha, len(keys), *keys, *args)
-                    denied, raw = await pipe.execute()
+                    denied, raw = await _ADMIT_SECONDS.run(pipe.execute())
             except NoScriptError:
                 if attempt:
                     raise

@@ -27,12 +27,16 @@ from authz.principal import Principal
 from authz.request import AuthzRequest
 from gateway import apikeys, endpoints, gojson, logs, rewrite
 from gateway.endpoints import Endpoint, Kind, Listing, Scope
-from gateway.requestmeta import RateOverride, RequestMeta
+from gateway.requestmeta import RateOverride, Reason, RequestMeta
 from gateway.storeerrors import StoreUnavailable
 
 _UNAUTHORIZED_HEADERS = {"www-authenticate": 'Bearer realm="neuronetz"'}
 _RATE_LIMITED = frozenset({Kind.INFERENCE, Kind.VERSION})  # the requests authz sends to the RLS
 DECISIONS = Counter("authz_decisions_total", "ext_authz answers", ["tenant", "status"])
+# The answers a request without a tenant (tenant="") can get exist from the start, at 0: the
+# alerts' ``increase(...{status="503"}[5m]) > 0`` sees the first one (gateway/metrics.py).
+for _status in ("400", "401", "403", "413", "429", "502", "503"):
+    DECISIONS.labels("", _status)
 _log = logs.get("authz.check")
 
 
@@ -92,27 +96,32 @@ class Authorizer:
             decision, tenant = await self._check(req)
         except StoreUnavailable as exc:
             _log.warning("check could not be made", error=type(exc).__name__, path=req.path)
-            decision = deny(503, req.surface)
+            decision = deny(503, req.surface, reason=Reason.STORE_DOWN)
         except _Denied as denied:
             decision = denied.reply
         except Exception:
             _log.exception("check failed", path=req.path)
-            decision = deny(503, req.surface)
+            decision = deny(503, req.surface, reason=Reason.ERROR)
         status = 200 if isinstance(decision, Allow) else decision.status
         DECISIONS.labels(tenant, str(status)).inc()
+        if not isinstance(decision, Allow) and decision.reason is not None:
+            # One line per refusal (the request id is bound by the gRPC edge): the why.
+            _log.info("refused", status=status, reason=str(decision.reason), tenant=tenant)
         return decision
 
     async def _refuse(
         self,
         status: int,
+        reason: Reason,
         req: AuthzRequest,
         meta: RequestMeta | None = None,
         headers: dict[str, str] | None = None,
     ) -> Decision:
         """A 401/403/4xx that needed no Redis work so far still honours deny mode."""
         if await self._admitter.deny_mode():
-            return deny(503, req.surface)
-        return deny(status, req.surface, headers, None if meta is None else meta.to_metadata())
+            return deny(503, req.surface, reason=Reason.DENY_MODE)
+        metadata = None if meta is None else meta.to_metadata()
+        return deny(status, req.surface, headers, metadata, reason)
 
     async def _check(self, req: AuthzRequest) -> tuple[Decision, str]:
         presented = presented_key(req)
@@ -126,12 +135,14 @@ class Authorizer:
             headers = {"retry-after": str(throttled.retry_after_s)}
             if req.surface == "openai":
                 headers["retry-after-ms"] = str(throttled.retry_after_s * 1000)
-            return deny(429, req.surface, headers), ""
+            return deny(429, req.surface, headers, reason=Reason.ADDRESS_THROTTLED), ""
         if principal is None or not principal.usable(datetime.now(UTC)):
-            return await self._refuse(401, req, headers=_UNAUTHORIZED_HEADERS), ""
+            unauthorized = _UNAUTHORIZED_HEADERS
+            return await self._refuse(401, Reason.KEY_INVALID, req, headers=unauthorized), ""
         endpoint = endpoints.lookup(req.method, req.path)
+        blocked = Reason.BLOCKED_ENDPOINT
         if endpoint is not None and endpoint.scope not in principal.scopes:
-            endpoint = None
+            endpoint, blocked = None, Reason.SCOPE
         identity = RequestMeta(
             tenant=principal.tenant,
             tenant_id=principal.tenant_id,
@@ -141,15 +152,15 @@ class Authorizer:
             endpoint="" if endpoint is None else endpoint.path,
         )
         if endpoint is None:
-            return await self._refuse(403, req, identity), principal.tenant
+            return await self._refuse(403, blocked, req, identity), principal.tenant
         if endpoint.kind in _RATE_LIMITED:
             # The RLS is refusing this key or its tenant: its 429 now, no body read (and, like
             # any 429, no deny-mode read: a refusal serves nothing).
             refused = self._throttles.refusal(principal, req.surface, identity.to_metadata())
             if refused is not None:
-                return refused, principal.tenant
+                return replace(refused, reason=Reason.RATE), principal.tenant
         if len(req.body) > self._max_body:
-            return await self._refuse(413, req, identity), principal.tenant
+            return await self._refuse(413, Reason.TOO_LARGE, req, identity), principal.tenant
         if endpoint.kind is Kind.INFERENCE:
             return await self._inference(req, endpoint, principal, identity), principal.tenant
         return await self._answer(req, endpoint, principal, identity), principal.tenant
@@ -160,16 +171,17 @@ class Authorizer:
         try:
             body = payload.parse(req, embeddings=endpoint.scope is Scope.EMBEDDINGS)
         except payload.BadRequest as bad:
-            return await self._refuse(bad.status, req, meta)
+            return await self._refuse(bad.status, Reason.BODY_INVALID, req, meta)
         allowed = principal.allowed_options | self._inert_options
         if not fields.options_allowed(body.options, allowed, principal.max_num_ctx):
-            return await self._refuse(400, req, meta)
+            return await self._refuse(400, Reason.OPTION_NOT_ALLOWED, req, meta)
         model = models.permits(principal, self._discovery.models(), body.model)
         if model is None:
-            return await self._refuse(403, req, meta)
+            return await self._refuse(403, Reason.MODEL_NOT_ALLOWED, req, meta)
         if self._accounting is not None and not self._accounting.up:
             # Nothing would account for it: 503 before any slot or reservation is taken.
-            return deny(503, req.surface, metadata=meta.to_metadata())
+            metadata = meta.to_metadata()
+            return deny(503, req.surface, metadata=metadata, reason=Reason.ACCOUNTING_DOWN)
         embeddings = endpoint.scope is Scope.EMBEDDINGS
         # What it asks (or the tenant's default), never above the tenant's or gateway's ceiling.
         asked = body.output_cap or principal.default_max_tokens
@@ -216,12 +228,14 @@ class Authorizer:
     ) -> None:
         if admission.outcome is Outcome.OK:
             return
+        metadata = meta.to_metadata()
         if admission.outcome is Outcome.DENY_MODE:
-            raise _Denied(deny(503, req.surface, metadata=meta.to_metadata()))
+            raise _Denied(deny(503, req.surface, metadata=metadata, reason=Reason.DENY_MODE))
         headers = admission.budget_headers()
         if admission.retry_after is not None:
             headers["retry-after"] = str(admission.retry_after)
-        raise _Denied(deny(429, req.surface, headers, metadata=meta.to_metadata()))
+        why = Reason.CONCURRENCY if admission.outcome is Outcome.SLOTS else Reason.BUDGET
+        raise _Denied(deny(429, req.surface, headers, metadata, why))
 
     def _allow(self, principal: Principal, admission: Admission, meta: RequestMeta) -> Allow:
         # Identity for the upstream, overwriting whatever the client sent under these names.
@@ -250,10 +264,10 @@ class Authorizer:
             try:
                 body = payload.json_object(req)
             except payload.BadRequest as bad:
-                return await self._refuse(bad.status, req, meta)
+                return await self._refuse(bad.status, Reason.BODY_INVALID, req, meta)
             name = gojson.field(body, "model") or gojson.field(body, "name")
             if not isinstance(name, str) or not name.strip():
-                return await self._refuse(400, req, meta)
+                return await self._refuse(400, Reason.BODY_INVALID, req, meta)
             show_model = name
         discovered = self._discovery.models()
         if endpoint.listing is Listing.MODEL:
@@ -262,7 +276,7 @@ class Authorizer:
         if show_model:
             model = models.permits(principal, discovered, show_model) or ""
             if not model:
-                return await self._refuse(403, req, meta)
+                return await self._refuse(403, Reason.MODEL_NOT_ALLOWED, req, meta)
             meta = replace(meta, model=model)
         admission = await self._admitter.admit(principal, req.request_id, 0, take=False)
         self._raise_unless_admitted(admission, req, meta)
@@ -288,6 +302,6 @@ class Authorizer:
         if endpoint.listing is Listing.PS:
             running = self._discovery.running()
             if running is None:  # no backend's /api/ps has been read lately
-                return deny(502, req.surface, metadata=reply_meta)
+                return deny(502, req.surface, metadata=reply_meta, reason=Reason.NO_BACKEND)
             return json_reply(listings.ps(running, effective), headers, reply_meta)
-        return deny(403, req.surface, metadata=reply_meta)
+        return deny(403, req.surface, metadata=reply_meta, reason=Reason.BLOCKED_ENDPOINT)

@@ -2,7 +2,8 @@
 
 Denials are deliberately uninformative: one body per status, whatever the reason, so a caller
 learns nothing about which check failed (a wrong key and a revoked key look the same; a
-blocked endpoint and an unknown model look the same).
+blocked endpoint and an unknown model look the same). Which one did is the reply's ``reason``
+(:class:`gateway.requestmeta.Reason`): metadata for the audit row and Envoy's access log only.
 
 The text of every error body is :mod:`gateway.errorbodies`'s.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errorbodies import error_body
+from gateway.requestmeta import Reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,7 @@ class Reply:
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    reason: Reason | None = None  # why it was refused (None: an answer, not a refusal)
 
 
 Decision = Allow | Reply
@@ -42,12 +45,14 @@ def deny(
     surface: str,
     headers: dict[str, str] | None = None,
     metadata: dict[str, Any] | None = None,
+    reason: Reason | None = None,
 ) -> Reply:
     return Reply(
         status=status,
         body=error_body(status, surface),
         headers={"content-type": "application/json", **(headers or {})},
         metadata=metadata or {},
+        reason=reason,
     )
 
 

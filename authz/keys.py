@@ -47,13 +47,16 @@ from argon2 import PasswordHasher
 from prometheus_client import Counter
 
 from authz.principal import PRINCIPAL_SQL, Principal, from_row
-from gateway import apikeys, budgets, logs
+from gateway import apikeys, budgets, logs, scriptmetrics
 from gateway.storeerrors import STORE_ERRORS, StoreUnavailable
 
 ARGON2_VERIFIES = Counter(
     "authz_argon2_verifications_total", "argon2id verifications performed (cold key checks)"
 )
 KEY_CACHE = Counter("authz_key_cache_total", "key lookups by where they were answered", ["tier"])
+_TIERS = ("process", "negative", "redis", "address_limited", "prefix_locked", "verified", "argon2")
+for _tier in _TIERS:
+    KEY_CACHE.labels(_tier)  # every tier from the start, at 0
 
 NEGATIVE_TTL_S = 10.0
 FAILURE_LIMIT = 10  # wrong keys per (prefix, client address) in FAILURE_WINDOW_S
@@ -68,6 +71,9 @@ _log = logs.get("authz.keys")
 _STORE = budgets.lua("key_store.lua", package="authz")  # cache unless revoked
 _REVOKE = budgets.lua("key_revoke.lua", package="authz")  # drop all, leave the tombstone
 _FAIL = budgets.lua("key_failure.lua", package="authz")  # a failure in a fixed window
+_STORE_SECONDS = scriptmetrics.Timer("key_store")
+_REVOKE_SECONDS = scriptmetrics.Timer("key_revoke")
+_FAIL_SECONDS = scriptmetrics.Timer("key_failure")  # both of a failure's calls, one pipeline
 
 
 class AddressThrottled(Exception):
@@ -243,15 +249,17 @@ class KeyStore:
             if epoch != self._epoch:
                 return principal  # evicted meanwhile: answer this Check, cache nothing
             fingerprint = _fingerprint(principal.key_hash)
-            await self._store(
-                keys=[cache_key(prefix), verified_key(prefix)],
-                args=[
-                    ident,
-                    principal.to_json(),
-                    self._redis_ttl,
-                    fingerprint,
-                    max(1, round(self._verified_ttl)),
-                ],
+            await _STORE_SECONDS.run(
+                self._store(
+                    keys=[cache_key(prefix), verified_key(prefix)],
+                    args=[
+                        ident,
+                        principal.to_json(),
+                        self._redis_ttl,
+                        fingerprint,
+                        max(1, round(self._verified_ttl)),
+                    ],
+                )
             )
         except STORE_ERRORS as exc:
             raise StoreUnavailable from exc
@@ -287,7 +295,7 @@ class KeyStore:
                 keys=[failure_key(prefix, address)], args=[FAILURE_WINDOW_S], client=pipe
             )
             await self._fail(keys=[address_key(address)], args=[self._address_window], client=pipe)
-            await pipe.execute()
+            await _FAIL_SECONDS.run(pipe.execute())
 
     def _remembered(self, ident: str) -> str | None:
         verified = self._verified.get(ident)
@@ -333,9 +341,11 @@ class KeyStore:
         while True:
             try:
                 if revoked:
-                    await self._revoke(
-                        keys=[cache_key(prefix), verified_key(prefix)],
-                        args=[max(60, 2 * self._redis_ttl)],
+                    await _REVOKE_SECONDS.run(
+                        self._revoke(
+                            keys=[cache_key(prefix), verified_key(prefix)],
+                            args=[max(60, 2 * self._redis_ttl)],
+                        )
                     )
                 else:
                     await self._redis.delete(cache_key(prefix), verified_key(prefix))

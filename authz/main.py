@@ -16,8 +16,10 @@ from authz.revocations import RevocationListener
 from authz.throttle import Subscriber, Throttles
 from gateway import apikeys, backends, grpcserver, logs, metrics
 from gateway.leases import Leases
+from gateway.readiness import Readiness, postgres_probe, redis_probe
 from gateway.settings import Settings, reach
 from gateway.storage import pg_pool, redis_client
+from gateway.tracing import interceptors as tracing_interceptors
 
 _FIRST_DISCOVERY_S = 3.0
 _FIRST_ACCOUNTING_S = 3.0
@@ -53,7 +55,11 @@ async def run(cfg: Settings) -> None:
     accounting = AccountingHealth(
         reach(cfg.accounting_target, cfg.accounting_listen), cfg.accounting_stale_after_s
     )
+    # Ready only while Redis and PostgreSQL answer: a Check needs both (gateway/readiness.py).
+    readiness = Readiness(health, {"redis": redis_probe(redis), "postgresql": postgres_probe(pool)})
+    await readiness.check()
     background = [asyncio.create_task(accounting.run(), name="accounting_health")]
+    background.append(asyncio.create_task(readiness.run(), name="readiness"))
     if not await accounting.first_answer(_FIRST_ACCOUNTING_S):
         log.warning("accounting is not answering: inference is refused until it does")
     background += [
@@ -76,6 +82,7 @@ async def run(cfg: Settings) -> None:
         [server.SERVICE_NAME, eds.SERVICE_NAME],
         reuse_port=cfg.worker,
         health=health,
+        interceptors=tracing_interceptors("authz", cfg.otlp_endpoint),
     )
     log.info("serving", listen=cfg.authz_listen, backends=[b.name for b in configured])
 

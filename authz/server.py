@@ -14,6 +14,7 @@ from authz.check import Authorizer
 from authz.decision import Allow, Decision, deny
 from authz.request import AuthzRequest
 from gateway import logs
+from gateway.requestmeta import Reason
 
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 _log = logs.get("authz")
@@ -90,8 +91,11 @@ def to_response(decision: Decision) -> Any:
         denied.status.code = decision.status
         _add_headers(denied.headers, decision.headers)
         denied.body = decision.body.decode("utf-8")
-        # `status`: the audit row's status (Envoy logs 200 for a local reply sent as gRPC).
+        # `status`: the audit row's status (Envoy logs 200 for a local reply sent as gRPC);
+        # `reason`: why (the audit row's and the access log's), never in the client's reply.
         metadata = {**decision.metadata, "status": decision.status}
+        if decision.reason is not None:
+            metadata["reason"] = str(decision.reason)
     response.dynamic_metadata.SetInParent()
     _fill(response.dynamic_metadata, metadata)
     return response
@@ -106,8 +110,9 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             req = to_request(request)
         except Exception:  # a request we cannot even read is refused, never allowed
             _log.exception("unreadable CheckRequest")
-            return to_response(deny(503, "ollama"))
-        return to_response(await self._authorizer.check(req))
+            return to_response(deny(503, "ollama", reason=Reason.ERROR))
+        with logs.request(req.request_id):  # every line about this request names it
+            return to_response(await self._authorizer.check(req))
 
 
 def register(authorizer: Authorizer) -> Any:

@@ -23,6 +23,7 @@ ACCOUNTING_FILTERS = ("nz.strip", "nz.rewrite", "nz.accounting")
 FIXED_HEAP = "envoy.resource_monitors.fixed_heap"
 DOWNSTREAM_CONNECTIONS = "envoy.resource_monitors.global_downstream_max_connections"
 BACKENDS_CLUSTER = "ollama"  # the model servers (authz's EDS, authz/eds.py)
+COLLECTOR_CLUSTER = "otel_collector"  # where Envoy's OpenTelemetry tracer exports (envoy.yaml)
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,29 @@ def _trust_backend_ca(config: dict[str, Any], ca_file: str) -> None:
             replaced += 1
     if not replaced:
         raise ValueError(f"cluster {BACKENDS_CLUSTER!r} has no TLS transport socket to re-point")
+
+
+def trace_to(config: dict[str, Any], host: str, port: int, sampling: float = 100.0) -> None:
+    """Tracing on in ``config`` (off as shipped, docs/PLATFORM.md "Tracing"): every HTTP
+    connection manager samples ``sampling`` percent of requests and the collector cluster
+    points at ``host:port``. Fails when the config has no tracer to turn on: a config that
+    dropped it must not pass a tracing test by tracing nothing."""
+    managers = [hcm for hcm in http_connection_managers(config) if "tracing" in hcm]
+    if not managers:
+        raise ValueError("no HTTP connection manager has a tracing section to turn on")
+    for hcm in managers:
+        hcm["tracing"]["random_sampling"] = {"value": sampling}
+    for cluster in config["static_resources"]["clusters"]:
+        if cluster["name"] == COLLECTOR_CLUSTER:
+            cluster["load_assignment"]["endpoints"] = [
+                {"lb_endpoints": [{"endpoint": {"address": _socket(host, port)}}]}
+            ]
+            return
+    raise ValueError(f"no cluster {COLLECTOR_CLUSTER!r} to point at the collector")
+
+
+def _socket(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
 
 
 def http_connection_managers(config: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -154,6 +154,7 @@ def envoy_argv(config: Path, log_path: Path | None = None) -> list[str]:
     """How the stack and the benchmarks run Envoy: two worker threads (this is a 2-core
     machine), no hot restart (several Envoys side by side), warnings only."""
     argv = [envoy_bin(), "-c", str(config), "--disable-hot-restart", "--concurrency", "2"]
+    argv += ["--file-flush-interval-msec", "1000"]  # the stdout access log within a second
     argv += ["-l", "warning"]
     if log_path is not None:
         argv += ["--log-path", str(log_path)]

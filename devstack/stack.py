@@ -73,6 +73,9 @@ class StackConfig:
     # Envoy under `neuronetz-gateway envoy run` (its probe port, its drain on SIGTERM) as the
     # images run it, instead of the bare binary
     supervise_envoy: bool = False
+    # Tracing on (docs/PLATFORM.md, "Tracing"): the services and Envoy export every request's
+    # spans to this OTLP gRPC receiver (host:port). "": off, as shipped.
+    otlp_endpoint: str = ""
 
 
 @dataclass
@@ -330,6 +333,10 @@ class Stack:
         )
         if self.backends_file is not None:
             env["NZ_BACKENDS_FILE"] = str(self.backends_file)
+        if self.config.otlp_endpoint:
+            env["NZ_OTLP_ENDPOINT"] = self.config.otlp_endpoint
+            # Batches leave within 0.2 s (the SDK's default is 5 s): a test sees its trace soon.
+            env.setdefault("OTEL_BSP_SCHEDULE_DELAY", "200")
         if self.backend_ca is not None:
             # authz polls the https mocks itself (aiohttp: the ssl module's default context,
             # which reads SSL_CERT_FILE)
@@ -371,7 +378,13 @@ class Stack:
         edge = edge or self.config.edge
         if self.backend_ca is not None and edge.backend_ca_file is None:
             edge = dataclasses.replace(edge, backend_ca_file=str(self.backend_ca))
-        return envoyconf.render(source, listener, admin, clusters, edge, self.config.listener_addr)
+        config = envoyconf.render(
+            source, listener, admin, clusters, edge, self.config.listener_addr
+        )
+        if self.config.otlp_endpoint:
+            host, _, port = self.config.otlp_endpoint.rpartition(":")
+            envoyconf.trace_to(config, host.strip("[]"), int(port))
+        return config
 
     def _start_envoy(self) -> None:
         listener = self.config.listener_port or free_port()

@@ -34,7 +34,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from asyncpg.pool import PoolConnectionProxy
 
-from gateway import periods
+from gateway import periods, scriptmetrics
 from gateway.periods import Period
 
 # A reservation not settled (nor renewed by its live stream, ``gateway/leases.py``) within
@@ -55,6 +55,7 @@ def lua(name: str, package: str = "gateway") -> str:
 # The scripts that write the layout, read once at import.
 ADMIT = lua("admit.lua")  # check + reserve + slots: authz/admission.py
 _SETTLE = lua("settle.lua")
+_SETTLE_SECONDS = scriptmetrics.Timer("settle")
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,4 +163,6 @@ async def settle(
     ledger row).
     """
     script = redis.register_script(_SETTLE)
-    await script(keys=[reservation_key(tenant_id, request_id)], args=[max(0, int(actual_tokens))])
+    await _SETTLE_SECONDS.run(
+        script(keys=[reservation_key(tenant_id, request_id)], args=[max(0, int(actual_tokens))])
+    )

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from gateway import budgets, slots
+from gateway import budgets, scriptmetrics, slots
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,7 @@ class Leases:
 
 
 _RENEW = budgets.lua("renew.lua")  # KEYS, ARGV and what it returns: its header
+_RENEW_SECONDS = scriptmetrics.Timer("renew")  # one pipeline of up to ``batch`` calls
 
 
 async def renew_all(
@@ -69,4 +70,4 @@ async def renew_all(
                     budgets.reservation_key(tenant_id, request_id),
                 ]
                 await script(keys=keys, args=[request_id, *args], client=pipe)
-            await pipe.execute()
+            await _RENEW_SECONDS.run(pipe.execute())

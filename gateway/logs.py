@@ -1,10 +1,16 @@
-"""Structured JSON logs. Secrets never reach a log line: known secret fields are redacted."""
+"""Structured JSON logs. Secrets never reach a log line: known secret fields are redacted.
+
+Every line logged while a request is handled carries its ``request_id`` (Envoy's
+``x-request-id``, the audit row's and the access log's): the gRPC edges wrap each Check,
+ShouldRateLimit or ext_proc stream in :func:`request`.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from typing import Any
 
 import structlog
@@ -41,3 +47,17 @@ def configure(service: str, level: str = "info") -> None:
 
 def get(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+@contextmanager
+def request(request_id: str) -> Iterator[None]:
+    """Bind ``request_id`` to every log line of this task until the block ends (nothing bound
+    for an empty id). contextvars are per task: concurrent requests never see each other's."""
+    if not request_id:
+        yield
+        return
+    tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+    try:
+        yield
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)

@@ -9,6 +9,12 @@ the probes the kubelet calls.
 The answers are plain text; probes are never logged (the kubelet calls them every few
 seconds). The server runs in a daemon thread: the service's event loop never serves it, so a
 busy loop still answers ``/livez``, and ``ready`` must be safe to call from another thread.
+
+Importing this module turns prometheus_client's ``*_created`` series off: they doubled every
+counter and histogram and no query of ours reads them. (With ``NZ_WORKERS`` > 1 the parent
+serves the workers' files, which carry no ``_created`` series anyway: gateway/workers.py.)
+``neuronetz_build_info{version, service}`` is 1 in every service (gateway/grpcserver.py sets it
+when the service's server starts): which version runs where, and a series to join on.
 """
 
 from __future__ import annotations
@@ -17,9 +23,20 @@ import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import metadata
 
-from prometheus_client import REGISTRY, CollectorRegistry
+import structlog
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+BUILD_INFO = Gauge(
+    "neuronetz_build_info",
+    "1: this service runs this version of neuronetz-gateway",
+    ["version", "service"],
+    multiprocess_mode="max",
+)
 
 LIVE = b"ok\n"
 READY = b"ready\n"
@@ -73,6 +90,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         """Silent: a probe every few seconds is not news (errors show in the probe's status)."""
+
+
+def version() -> str:
+    """The installed neuronetz-gateway's version ("unknown" when run from a bare tree)."""
+    try:
+        return metadata.version("neuronetz-gateway")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def build_info(service: str | None = None) -> None:
+    """Set ``neuronetz_build_info{version, service}`` to 1 (idempotent). ``service``: by
+    default the name the service's logs carry (gateway/logs.py ``configure``)."""
+    if service is None:
+        service = str(structlog.contextvars.get_contextvars().get("service", "unknown"))
+    BUILD_INFO.labels(version(), service).set(1)
 
 
 def _safely(ready: Ready) -> bool:

@@ -15,16 +15,54 @@ Which keys are written:
   alone): the admission's fields (``stream`` … ``prompt_log``) are written with it, and only
   with it — ``keep_alive_*`` as null when the tenant sets none;
 - ``rewrite`` and ``strip_usage`` only when true: Envoy tests their presence.
+
+Not part of :class:`RequestMeta`: ``status`` and ``reason`` (:class:`Reason`), which authz adds
+to every reply it gives itself (authz/server.py) — why it refused, for the audit row and
+Envoy's access log, never for the client.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from itertools import pairwise
 from typing import Any
 
 NAMESPACE = "envoy.filters.http.ext_authz"
+# The RLS's namespace: ``refused: true`` on its 429 (ratelimit/server.py).
+RATELIMIT_NAMESPACE = "envoy.filters.http.ratelimit"
+
+
+class Reason(StrEnum):
+    """Why a request was refused: one bounded word per cause, in the ``reason`` metadata key,
+    the audit row's ``reason`` column and Envoy's access log. The client's body and status
+    stay the same for causes they must not tell apart (blocked endpoint / model not allowed)."""
+
+    KEY_INVALID = "key_invalid"  # 401: no key, an unknown, revoked, expired or disabled one
+    ADDRESS_THROTTLED = "address_throttled"  # 429: too many failed key checks from the address
+    BLOCKED_ENDPOINT = "blocked_endpoint"  # 403: not an allowlisted method and path
+    SCOPE = "scope"  # 403: an endpoint the key's scopes do not include
+    TOO_LARGE = "too_large"  # 413
+    BODY_INVALID = "body_invalid"  # 400/415: a body the endpoint cannot use
+    OPTION_NOT_ALLOWED = "option_not_allowed"  # 400: an option the tenant may not send
+    MODEL_NOT_ALLOWED = "model_not_allowed"  # 403: unknown, or outside the key's models
+    BUDGET = "budget"  # 429: a budget period is exhausted
+    CONCURRENCY = "concurrency"  # 429: the key's or tenant's concurrent requests
+    RATE = "rate"  # 429: a rate limit (the RLS's, or authz refusing what the RLS announced)
+    DENY_MODE = "deny_mode"  # 503: accounting cannot keep its record
+    ACCOUNTING_DOWN = "accounting_down"  # 503: accounting does not answer
+    STORE_DOWN = "store_down"  # 503: Redis or PostgreSQL could not be asked
+    NO_BACKEND = "no_backend"  # 502: no backend's running models known (/api/ps)
+    ERROR = "error"  # 503: authz failed to decide (a bug: its log says more)
+
+    @classmethod
+    def read(cls, value: Any) -> Reason | None:
+        """A metadata value as a reason; None for anything else (never an unbounded text)."""
+        try:
+            return cls(value) if isinstance(value, str) else None
+        except ValueError:
+            return None
 
 
 @dataclass(frozen=True, slots=True)

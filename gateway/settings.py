@@ -1,13 +1,24 @@
-"""Settings for every service, read once from the environment (``NZ_*`` and the usual URLs)."""
+"""Settings for every service, read once from the environment (``NZ_*`` and the usual URLs).
+
+Validated at start: :func:`load_settings` raises :class:`SettingsError` naming every problem, one
+line each (``neuronetz-gateway <service>`` prints them and exits 2, no traceback); an ``NZ_*``
+variable no setting reads is reported by :func:`unknown_variables` (a misspelling is otherwise
+silently ignored); ``neuronetz-gateway config check`` shows both, and the effective settings with
+their secrets redacted (:func:`redacted`).
+"""
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from gateway.workers import machine_cpus
 
@@ -31,6 +42,7 @@ class Settings(BaseModel):
     # `migrate` waits this long for a concurrent run's lock, then fails (gateway/migrate.py)
     migrate_lock_timeout_s: float = Field(default=300.0, gt=0)
     log_level: str = "info"
+    otlp_endpoint: str = ""  # OTLP gRPC collector (host:port): traces on (gateway/tracing.py)
     # worker processes per service on one port (gateway/workers.py); default: the CPUs
     workers: int = Field(default_factory=machine_cpus, ge=1, le=64)
     worker_index: int = -1  # set by the supervisor for each worker; -1: not a worker
@@ -58,6 +70,8 @@ class Settings(BaseModel):
     ratelimit_config: str = ""  # static YAML of domains; "": the shipped ratelimit/limits.yaml
     ratelimit_deadline_s: float = 0.3  # Redis slower than this: error → Envoy answers 503
     ratelimit_near_ratio: float = 0.8  # a window this full counts as near_limit in metrics
+    # the YAML is reloaded when its file changes, polled this often (0: on SIGHUP only)
+    ratelimit_config_poll_s: float = Field(default=3.0, ge=0)
 
     # accounting
     audit_buffer_rows: int = 20000  # buffered rows (Postgres down) before deny mode
@@ -95,17 +109,148 @@ class Settings(BaseModel):
             return [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        return _url(value, ("postgresql", "postgres"), "postgresql://user@host:5432/gateway")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return _url(value, ("redis", "rediss", "unix"), "redis://host:6379/0")
+
+    @field_validator("ollama_urls")
+    @classmethod
+    def _http_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            _url(url, ("http", "https"), "http://host:11434")
+        return value
+
+    @field_validator(
+        "authz_listen",
+        "ratelimit_listen",
+        "accounting_listen",
+        "admin_listen",
+        "ratelimit_target",
+        "accounting_target",
+    )
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value == "":
+            return value  # a target left empty: the service's listen address
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError("not host:port (e.g. 127.0.0.1:9001)")
+        return value
+
+    @field_validator("metrics_port")
+    @classmethod
+    def _port(cls, value: int) -> int:
+        if not 0 <= value <= 65535:
+            raise ValueError("not a port (0-65535; 0: none)")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.lower() not in _LEVELS:
+            raise ValueError(f"not a log level ({', '.join(_LEVELS)})")
+        return value
+
     @property
     def worker(self) -> bool:
         """One of several worker processes of its service (it shares its ports)."""
         return self.worker_index >= 0
 
 
-def _admin_token_from_env() -> str:
-    token = os.environ.get("NZ_ADMIN_TOKEN", "")
-    path = os.environ.get("NZ_ADMIN_TOKEN_FILE")
+_LEVELS = ("debug", "info", "warning", "error", "critical")
+# Read from the environment besides the settings' own NZ_<NAME>s (tools, the dev stack, tests).
+OTHER_VARIABLES = frozenset(
+    {"NZ_ADMIN_TOKEN_FILE", "NZ_ADMIN_ADDR", "NZ_DEV_POD", "NZ_KEEP_STACK_DIR"}
+)
+_OTHER_PREFIXES = ("NZ_TEST_",)  # the tests' own switches
+# Where a setting may come from instead of its NZ_<NAME>, when that is unset.
+_FALLBACKS = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL", "ollama_urls": "OLLAMA_URL"}
+_SECRETS = frozenset({"admin_token"})
+
+
+class SettingsError(ValueError):
+    """The environment's settings cannot be used; :attr:`problems`: one line each, naming the
+    variable (never a secret's value)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def _url(value: str, schemes: tuple[str, ...], example: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in schemes:
+        raise ValueError(f"not a {'/'.join(schemes)} URL (e.g. {example})")
+    try:
+        parts.port  # noqa: B018 (raises for a port that is not a number)
+    except ValueError:
+        raise ValueError(f"its port is not a number (e.g. {example})") from None
+    if parts.scheme != "unix" and not parts.hostname and "host=" not in parts.query:
+        raise ValueError(f"no host (e.g. {example})")
+    return value
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return "[unparsable URL]"
+    netloc = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _shown(name: str, value: object) -> str:
+    """A setting's value as an operator may see it: secrets redacted."""
+    if name in _SECRETS:
+        return "[redacted]" if value else ""
+    if isinstance(value, list):
+        return ",".join(_shown(name, v) for v in value)
+    if isinstance(value, str) and "://" in value:
+        return redact_url(value)
+    return str(value)
+
+
+def redacted(cfg: Settings) -> dict[str, str]:
+    """Every setting by its variable's name (``NZ_<NAME>``), secrets redacted."""
+    return {
+        f"NZ_{name.upper()}": _shown(name, getattr(cfg, name)) for name in Settings.model_fields
+    }
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The ``NZ_*`` variables set that nothing reads, each with a guess when one is close:
+    ``NZ_REDIS_ULR (did you mean NZ_REDIS_URL?)``."""
+    env = os.environ if environ is None else environ
+    known = {f"NZ_{name.upper()}" for name in Settings.model_fields} | OTHER_VARIABLES
+    found = []
+    for var in sorted(env):
+        if not var.startswith("NZ_") or var in known or var.startswith(_OTHER_PREFIXES):
+            continue
+        close = difflib.get_close_matches(var, sorted(known), n=1, cutoff=0.8)
+        found.append(f"{var} (did you mean {close[0]}?)" if close else var)
+    return found
+
+
+def _admin_token_from_env(env: Mapping[str, str]) -> str:
+    token = env.get("NZ_ADMIN_TOKEN", "")
+    path = env.get("NZ_ADMIN_TOKEN_FILE")
     if not token and path:
-        token = Path(path).read_text(encoding="utf-8").strip()
+        try:
+            token = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SettingsError(
+                [f"NZ_ADMIN_TOKEN_FILE: cannot read {path}: {exc.strerror or exc}"]
+            ) from None
     return token
 
 
@@ -132,21 +277,68 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def load_settings() -> Settings:
-    """Build settings from the environment; unknown variables are ignored."""
+def _raw(env: Mapping[str, str]) -> tuple[dict[str, object], dict[str, str]]:
+    """The settings the environment sets (name → text) and the variable each came from."""
     values: dict[str, object] = {}
+    sources: dict[str, str] = {}
     for name in Settings.model_fields:
-        env = os.environ.get(f"NZ_{name.upper()}")
-        if env is not None:
-            values[name] = env
-    if "database_url" not in values and os.environ.get("DATABASE_URL"):
-        values["database_url"] = os.environ["DATABASE_URL"]
-    if "redis_url" not in values and os.environ.get("REDIS_URL"):
-        values["redis_url"] = os.environ["REDIS_URL"]
-    if "ollama_urls" not in values and os.environ.get("OLLAMA_URL"):
-        values["ollama_urls"] = os.environ["OLLAMA_URL"]
-    values["admin_token"] = _admin_token_from_env()
-    return Settings.model_validate(values)
+        var = f"NZ_{name.upper()}"
+        if var not in env and env.get(_FALLBACKS.get(name, "")):
+            var = _FALLBACKS[name]
+        if var in env:
+            values[name], sources[name] = env[var], var
+    return values, sources
+
+
+def _problems(exc: ValidationError, sources: Mapping[str, str]) -> list[str]:
+    """One line per invalid setting: its variable, why, and its value (a secret's never)."""
+    lines = []
+    for err in exc.errors():
+        name = str(err["loc"][0]) if err["loc"] else ""
+        var = sources.get(name, f"NZ_{name.upper()}")
+        why = str(err["msg"]).removeprefix("Value error, ")
+        shown = "" if name in _SECRETS else f" (got {_shown(name, err.get('input'))!r})"
+        lines.append(f"{var}: {why}{shown}")
+    return lines
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """The effective settings; every problem (one line each); the variables that are invalid
+    (left at their defaults in ``settings``)."""
+
+    settings: Settings
+    problems: list[str]
+    invalid: frozenset[str] = frozenset()
+
+
+def inspect_environment(environ: Mapping[str, str] | None = None) -> Inspection:
+    """What the environment's settings are, and what is wrong with them."""
+    env = os.environ if environ is None else environ
+    values, sources = _raw(env)
+    problems: list[str] = []
+    try:
+        values["admin_token"] = _admin_token_from_env(env)
+    except SettingsError as exc:
+        problems += exc.problems
+    try:
+        return Inspection(Settings.model_validate(values), problems)
+    except ValidationError as exc:
+        problems += _problems(exc, sources)
+        bad = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
+        rest = {k: v for k, v in values.items() if k not in bad}
+        invalid = frozenset(f"NZ_{name.upper()}" for name in bad)
+        return Inspection(Settings.model_validate(rest), problems, invalid)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from the environment (``os.environ`` by default); raises
+    :class:`SettingsError` listing every problem. Unknown variables are not an error here
+    (:func:`unknown_variables`)."""
+    found = inspect_environment(environ)
+    if found.problems:
+        raise SettingsError(found.problems)
+    return found.settings
 
 
 @cache

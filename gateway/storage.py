@@ -8,6 +8,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from gateway import poolmetrics
+
 # Pooled Redis connections per client (one client per service process).
 MAX_CONNECTIONS = 64
 
@@ -17,6 +19,7 @@ async def pg_pool(url: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Po
         url, min_size=min_size, max_size=max_size, command_timeout=5, timeout=5
     )
     assert pool is not None
+    poolmetrics.watch_pg(pool)
     return pool
 
 
@@ -40,4 +43,6 @@ def redis_client(url: str, timeout_s: float) -> aioredis.Redis:
         health_check_interval=0,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
-    return aioredis.Redis.from_pool(pool)
+    client = aioredis.Redis.from_pool(pool)
+    poolmetrics.watch_redis(client)
+    return client

@@ -102,8 +102,14 @@ def supervise(service: str, command: Sequence[str], workers: int, metrics_port: 
                 if proc.poll() is None:
                     proc.send_signal(signum)
 
+        def forward(signum: int, _frame: FrameType | None) -> None:
+            for proc in procs:  # SIGHUP: each worker reloads (ratelimit's YAML), none stops
+                if proc.poll() is None:
+                    proc.send_signal(signum)
+
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, forward)
         log.info("workers started", workers=workers)
         failed = 0  # the status of a worker that exited on its own
         while any(proc.poll() is None for proc in procs):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -16,7 +17,13 @@ import uvloop
 from gateway import workers
 from gateway.envoyguard import command as envoy_check
 from gateway.services import SERVICE_MODULES
-from gateway.settings import load_settings
+from gateway.settings import (
+    SettingsError,
+    inspect_environment,
+    load_settings,
+    redacted,
+    unknown_variables,
+)
 from neuronetz_gateway.envoyrun import add_arguments as envoy_run_arguments
 from neuronetz_gateway.envoyrun import run_parsed as envoy_run
 
@@ -25,7 +32,13 @@ WORKER_COMMAND = (sys.executable, "-m", "neuronetz_gateway")
 
 
 def _run_service(name: str, workers_flag: int | None = None) -> int:
-    cfg = load_settings()
+    unknown = unknown_variables()  # first: a misspelling may be why a setting is bad
+    if unknown and "NZ_WORKER_INDEX" not in os.environ:  # the supervisor warns for its workers
+        print(
+            f"neuronetz-gateway {name}: warning: unknown variables ignored: {', '.join(unknown)}",
+            file=sys.stderr,
+        )
+    cfg = load_settings()  # SettingsError: main() prints each problem, exit 2
     if workers_flag is not None:
         cfg = cfg.model_copy(update={"workers": max(1, workers_flag)})
     if cfg.workers > 1 and not cfg.worker:
@@ -33,7 +46,14 @@ def _run_service(name: str, workers_flag: int | None = None) -> int:
         return workers.supervise(name, command, cfg.workers, cfg.metrics_port)
     module = importlib.import_module(SERVICE_MODULES[name])
     # uvloop: the services' event loop (grpc aio, asyncpg, redis) runs ~1.5x the Checks/s.
-    uvloop.run(module.run(cfg))
+    from gateway.storeerrors import STORE_ERRORS  # the services' imports: asyncpg, redis
+
+    try:
+        uvloop.run(module.run(cfg))
+    except STORE_ERRORS as exc:  # a store unreachable at start, a port taken: one line
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        print(f"neuronetz-gateway {name}: cannot run: {why}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -98,6 +118,23 @@ def _audit_retention(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_check(_args: argparse.Namespace) -> int:
+    """Print the effective settings (secrets redacted) and every problem; 1 when there is any
+    (an invalid setting or an unknown ``NZ_*`` variable)."""
+    found = inspect_environment()
+    problems = [*found.problems]
+    problems += [f"{var}: unknown variable, ignored" for var in unknown_variables()]
+    for var, value in redacted(found.settings).items():
+        print(f"{var}={'(invalid: see below)' if var in found.invalid else value}")
+    for line in problems:
+        print(f"problem: {line}", file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print("ok: no problems", file=sys.stderr)
+    return 0
+
+
 def _dev(args: argparse.Namespace) -> int:
     from devstack.processes import missing_local_extra
 
@@ -142,6 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep this many days (default: NZ_AUDIT_RETENTION_DAYS, 90)",
     )
     retention.set_defaults(func=_audit_retention)
+    config = sub.add_parser("config", help="the settings the services read (NZ_*)")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    config_check = config_sub.add_parser(
+        "check",
+        help="print the effective settings (secrets redacted) and every problem",
+        description="Read the settings from the environment as a service would, print them "
+        "(NZ_<NAME>=value, passwords and the admin token redacted) and every problem, one line "
+        "each: invalid values and NZ_* variables no setting reads. Exit 1 on any problem.",
+    )
+    config_check.set_defaults(func=_config_check)
     dev = sub.add_parser("dev", help="run the whole gateway locally on embedded defaults")
     dev.add_argument(
         "--ollama-url",
@@ -181,5 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except SettingsError as exc:  # one line per problem, no traceback
+        for line in exc.problems:
+            print(f"neuronetz-gateway {args.command}: bad setting: {line}", file=sys.stderr)
+        return 2
     return result

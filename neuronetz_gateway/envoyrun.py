@@ -26,6 +26,7 @@ DRAIN_TIMEOUT_S = 870.0
 # after the drain starts: the time a load balancer needs to see /readyz fail. Envoy's own
 # --drain-time-s when the arguments set it.
 LISTENER_DRAIN_S = 5
+ACCESS_LOG_FLUSH_MS = 1000
 
 _ACTIVE = re.compile(r"^http\.(?P<prefix>.+)\.downstream_rq_active: (?P<value>\d+)$", re.M)
 
@@ -77,9 +78,9 @@ def _option(args: Sequence[str], *names: str) -> list[str]:
 
 
 def envoy_arguments(args: Sequence[str]) -> tuple[list[str], int]:
-    """Envoy's arguments with the supervisor's drain defaults added where they are not set
-    (``--drain-time-s`` LISTENER_DRAIN_S, ``--drain-strategy immediate``), and the listener
-    drain time they give."""
+    """Envoy's arguments with the supervisor's defaults added where they are not set
+    (``--drain-time-s`` LISTENER_DRAIN_S, ``--drain-strategy immediate``,
+    ``--file-flush-interval-msec`` ACCESS_LOG_FLUSH_MS), and the listener drain time they give."""
     out = list(args)
     if out[:1] == ["--"]:
         out = out[1:]
@@ -90,6 +91,9 @@ def envoy_arguments(args: Sequence[str]) -> tuple[list[str], int]:
         out += ["--drain-time-s", str(LISTENER_DRAIN_S)]
     if not _option(out, "--drain-strategy"):
         out += ["--drain-strategy", "immediate"]
+    if not _option(out, "--file-flush-interval-msec"):
+        # The stdout access log reaches the container's log within a second (Envoy: 10 s).
+        out += ["--file-flush-interval-msec", str(ACCESS_LOG_FLUSH_MS)]
     try:
         seconds = int(drain_time[-1]) if drain_time else LISTENER_DRAIN_S
     except ValueError:

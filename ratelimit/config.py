@@ -17,10 +17,18 @@ Siblings are tried exact value first, then prefix (``value: "x*"``), then key-on
 sends on the descriptor itself (the override) wins over ``rate_limit``; the node still decides
 ``shadow_mode`` and ``quota``, and ``quota`` is inherited by nested nodes. A bad file is refused
 at start-up with the path of the offending node.
+
+While the RLS runs, :class:`Reloader` reloads the file when it changes (its mtime, size or inode,
+polled every few seconds: a Kubernetes ConfigMap's symlink swap included) or on SIGHUP, as
+envoyproxy/ratelimit's runtime watch does. The new rules replace the old ones whole between two
+decisions (none is dropped: a decision in flight keeps the match it made); a bad new file keeps
+the old rules and logs why (``ratelimit_config_reloads_total{result}``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -30,8 +38,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
+from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from gateway import logs
 from gateway.rls import Entry, Limit, Unit
 
 DEFAULT_PATH: Traversable = files("ratelimit") / "limits.yaml"  # shipped as package data
@@ -39,6 +49,15 @@ Quota = Literal["requests", "tokens"]
 # Distinct (domain, entries) whose match is remembered: the config never changes once loaded,
 # and a key's descriptors come back with every request.
 _MATCHES_CACHED = 16_384
+
+RELOADS = Counter(
+    "ratelimit_config_reloads_total",
+    "Reloads of the static rate-limit YAML after a change or SIGHUP: ok (new rules in force),"
+    " error (bad or unreadable file: the old rules stay)",
+    ["result"],
+)
+for _result in ("ok", "error"):
+    RELOADS.labels(_result)
 
 
 class ConfigError(ValueError):
@@ -125,6 +144,11 @@ class StaticConfig:
     def domains(self) -> list[str]:
         return sorted(self._domains)
 
+    def adopt(self, other: StaticConfig) -> None:
+        """Take ``other``'s rules (and its match cache) in place: whoever holds this config
+        (the Decider) decides by them from its next match on."""
+        self._domains, self._cached = other._domains, other._cached
+
     def match(self, domain: str, entries: tuple[Entry, ...]) -> Match:
         """What the config says about a descriptor (worked out once per distinct one)."""
         return self._cached(domain, entries)
@@ -204,3 +228,61 @@ def load(path: Path | str | None = None) -> StaticConfig:
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read: {exc.strerror or exc}") from exc
     return parse(text, str(file))
+
+
+Stamp = tuple[int, int, int]  # (mtime_ns, size, inode): "the file changed"
+
+
+def _stamp(path: Path) -> Stamp | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class Reloader:
+    """Keep ``config`` (loaded from ``path``) up to date with its file: :meth:`reload` on
+    SIGHUP, :meth:`watch` to poll for changes. ``path`` None: the shipped file (reloaded on
+    SIGHUP like any other, though it only changes with a new release)."""
+
+    def __init__(self, config: StaticConfig, path: Path | str | None = None) -> None:
+        self.config = config
+        self._path = Path(path) if path else None
+        file = self._path or DEFAULT_PATH
+        self._file = file if isinstance(file, Path) else None  # a zip's data cannot be polled
+        self._stamp = _stamp(self._file) if self._file is not None else None
+        self._log = logs.get("ratelimit.config")
+
+    def reload(self, why: str = "sighup") -> bool:
+        """Load the file again; on success its rules replace the old ones, else the old ones
+        stay and the reason is logged. True when the new rules are in force."""
+        if self._file is not None:
+            self._stamp = _stamp(self._file)
+        try:
+            fresh = load(self._path)
+        except ConfigError as exc:
+            RELOADS.labels("error").inc()
+            self._log.error(
+                "rate-limit config not reloaded: the old rules stay", why=why, error=str(exc)
+            )
+            return False
+        self.config.adopt(fresh)
+        RELOADS.labels("ok").inc()
+        self._log.info("rate-limit config reloaded", why=why, domains=fresh.domains)
+        return True
+
+    def changed(self) -> bool:
+        """The file's stamp differs from the last load's (a vanished file is no change: the
+        old rules stay until it is back)."""
+        if self._file is None:
+            return False
+        now = _stamp(self._file)
+        return now is not None and now != self._stamp
+
+    async def watch(self, interval_s: float) -> None:
+        """Every ``interval_s``: reload when the file changed (a background task)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            if self.changed():
+                self.reload("changed")

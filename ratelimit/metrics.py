@@ -21,3 +21,6 @@ ANNOUNCEMENTS = Counter(
     "Throttle announcements to authz (published, repeated: skipped as already announced, failed)",
     ["outcome"],
 )
+# From the start, at 0: ``increase(...{outcome="failed"}[5m]) > 0`` sees the first failure.
+for _outcome in ("published", "repeated", "failed"):
+    ANNOUNCEMENTS.labels(_outcome)

@@ -20,9 +20,11 @@ from importlib.resources import files
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
+from gateway import scriptmetrics
 from gateway.storeerrors import REDIS_ERRORS, StoreUnavailable
 
 _SCRIPT = (files("ratelimit") / "window.lua").read_text(encoding="utf-8")
+_WINDOW_SECONDS = scriptmetrics.Timer("window")  # one call per hash slot of a decision
 
 # Milliseconds since the epoch; None: the Redis server's clock (one clock for every replica).
 Clock = Callable[[], int] | None
@@ -113,7 +115,7 @@ class Windows:
         keys = [h.key for h in hits]
         # (A stale pooled connection after a Redis restart is retried once by the client,
         # see gateway.storage.redis_client; Redis down for real fails, and closed.)
-        reply = await self._script(keys=keys, args=args)
+        reply = await _WINDOW_SECONDS.run(self._script(keys=keys, args=args))
         now_ms = int(float(reply[1]))
         outcomes = [
             Outcome(

@@ -25,11 +25,17 @@ from authz.admin.errors import AlreadyExists, InvalidArgument, NotFound
 from authz.admin.servicer import SERVICE_NAME
 from gateway import logs
 from gateway.storeerrors import POSTGRES_DOWN
+from protos.neuronetz.admin.v1 import admin_pb2 as pb
 
 _log = logs.get("admin")
 ADMIN_CALLS = Counter(
     "admin_calls_total", "admin API calls by method and status", ["method", "code"]
 )
+# Every method's refusals and failures exist from the start, at 0 (``increase() > 0`` sees the
+# first): the codes _guard answers with besides OK.
+for _method in pb.DESCRIPTOR.services_by_name["AdminService"].methods_by_name:
+    for _code in ("UNAUTHENTICATED", "PERMISSION_DENIED", "UNAVAILABLE", "INTERNAL"):
+        ADMIN_CALLS.labels(_method, _code)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Behavior = Callable[[Any, Context], Awaitable[Any]]

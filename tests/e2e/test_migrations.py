@@ -214,7 +214,7 @@ def test_0004_adds_backend_and_attempts_to_every_audit_partition(
                 "SELECT request_id, backend, attempts, tableoid::regclass::text AS part"
                 " FROM gateway.audit_log ORDER BY request_id"
             )
-            return applied[-1], [(c["relname"], c["attname"], c["dflt"]) for c in columns], rows
+            return applied[0], [(c["relname"], c["attname"], c["dflt"]) for c in columns], rows
         finally:
             await pool.close()
             await conn.close()
@@ -231,4 +231,59 @@ def test_0004_adds_backend_and_attempts_to_every_audit_partition(
     assert [tuple(r.values()) for r in rows] == [
         ("r-failover", "gpu-b", 2, f"gateway.{auditparts.partition_name(days[3])}"),
         ("r-old", "", 0, f"gateway.{auditparts.partition_name(days[0])}"),
+    ]
+
+
+def test_0005_adds_reason_to_every_audit_partition(stack: Stack, tmp_path: Path) -> None:
+    url = fresh_database(stack.database_url, "m")
+    before = [m for m in migrate.discover() if m.name < "0005"]
+    for migration in before:
+        (tmp_path / migration.name).write_text(migration.sql, encoding="utf-8")
+    assert asyncio.run(migrate.apply(url, tmp_path)) == [m.name for m in before]
+    now = datetime.now(UTC)
+    old_day = now - timedelta(days=1)
+    refused = AuditRow(
+        "r-refused", now + timedelta(days=2), None, "abcdefghijkl", "POST", "/api/chat", "",
+        403, None, None, False, 3.0, 4, 5, "10.0.0.1", "UAEX", "http 403",
+        reason="model_not_allowed",
+    )  # fmt: skip
+
+    async def scenario() -> tuple[list[str], list[tuple[str, str]], list[asyncpg.Record]]:
+        conn = await asyncpg.connect(url)
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
+        assert pool is not None
+        try:
+            await conn.execute(
+                "INSERT INTO gateway.audit_log (request_id, ts, method, endpoint, status)"
+                " VALUES ('r-old', $1, 'GET', '/api/tags', 200)",
+                old_day,
+            )
+            await auditparts.maintain(conn, retention_days=30, ahead_days=0, now=now)
+            applied = await migrate.apply(url)
+            await auditparts.maintain(conn, retention_days=30, ahead_days=2, now=now)
+            await audit.write(pool, [refused])
+            columns = await conn.fetch(
+                "SELECT c.relname, pg_get_expr(d.adbin, d.adrelid) AS dflt"
+                "  FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                "  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnotnull"
+                "  JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum"
+                " WHERE i.inhparent = 'gateway.audit_log'::regclass AND a.attname = 'reason'"
+                " ORDER BY c.relname"
+            )
+            rows = await conn.fetch(
+                "SELECT request_id, reason FROM gateway.audit_log ORDER BY request_id"
+            )
+            return applied, [(c["relname"], c["dflt"]) for c in columns], rows
+        finally:
+            await pool.close()
+            await conn.close()
+
+    applied, columns, rows = asyncio.run(scenario())
+    assert applied[0] == "0005_audit_reason.sql"
+    days = [old_day.date() + timedelta(days=n) for n in range(4)]
+    partitions = ["audit_log_default", *(auditparts.partition_name(d) for d in days)]
+    assert columns == [(part, "''::text") for part in sorted(partitions)]
+    assert [tuple(r.values()) for r in rows] == [
+        ("r-old", ""),
+        ("r-refused", "model_not_allowed"),
     ]

@@ -11,11 +11,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib.metadata import version
 
 import psutil
 import pytest
 
 from devstack.processes import free_port
+from devstack.stack import Stack
 from tests.polling import poll
 
 
@@ -40,14 +42,14 @@ class Supervised:
 
 
 @pytest.fixture
-def ratelimit() -> Iterator[Supervised]:
+def ratelimit(stack: Stack) -> Iterator[Supervised]:
     metrics_port = free_port()
     env = {
         **os.environ,
         "NZ_WORKERS": "2",
         "NZ_RATELIMIT_LISTEN": f"127.0.0.1:{free_port()}",
         "NZ_METRICS_PORT": str(metrics_port),
-        "NZ_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # not needed to serve health
+        "NZ_REDIS_URL": stack.redis_url,  # ready only while it answers (gateway/readiness.py)
         "NZ_LOG_LEVEL": "warning",
     }
     proc = subprocess.Popen(
@@ -73,8 +75,14 @@ def ratelimit() -> Iterator[Supervised]:
 def test_readyz_is_the_workers_grpc_health(ratelimit: Supervised) -> None:
     assert poll(lambda: ratelimit.get("/readyz") == (200, "ready\n"), timeout_s=30)
     assert ratelimit.get("/livez") == (200, "ok\n")
-    # the merged metrics (empty before a decision: labelled counters have no sample yet)
-    assert ratelimit.get("/metrics") == (200, "")
+    # the workers' metrics, merged: one series each, whatever the number of workers
+    status, text = ratelimit.get("/metrics")
+    assert status == 200
+    samples = [line for line in text.splitlines() if not line.startswith("#")]
+    assert [s for s in samples if s.startswith("neuronetz_build_info")] == [
+        f'neuronetz_build_info{{service="ratelimit",version="{version("neuronetz-gateway")}"}} 1.0'
+    ]
+    assert 'neuronetz_dependency_up{dependency="redis"} 1.0' in samples
     workers = ratelimit.workers()
     assert len(workers) == 2
     for worker in workers:  # no worker answers its gRPC health any more

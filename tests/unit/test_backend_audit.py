@@ -135,8 +135,8 @@ def test_the_insert_writes_backend_and_attempts() -> None:
     row = row_from_entry(server.to_entry(als_entry(backend="gpu-e", attempts=3)))
     columns = audit._columns([row])
     assert audit._INSERT.count("$") == len(columns)
-    assert "count, backend, attempts)" in audit._INSERT
-    assert columns[-2:] == [["gpu-e"], [3]]
+    assert "count, backend, attempts, reason)" in audit._INSERT
+    assert columns[-3:] == [["gpu-e"], [3], [""]]
 
 
 def test_a_row_spooled_before_the_backend_columns_still_loads(tmp_path: Path) -> None:

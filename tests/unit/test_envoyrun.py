@@ -42,12 +42,12 @@ def test_the_drain_defaults_are_added_unless_given() -> None:
     assert args == [
         *["-c", "e.yaml"],
         *["--drain-time-s", str(LISTENER_DRAIN_S), "--drain-strategy", "immediate"],
+        *["--file-flush-interval-msec", "1000"],
     ]
     assert drain == LISTENER_DRAIN_S == 5
-    args, drain = envoy_arguments(
-        ["-c", "e.yaml", "--drain-time-s=2", "--drain-strategy", "gradual"]
-    )
-    assert args == ["-c", "e.yaml", "--drain-time-s=2", "--drain-strategy", "gradual"]
+    given = ["-c", "e.yaml", "--drain-time-s=2", "--drain-strategy", "gradual"]
+    args, drain = envoy_arguments([*given, "--file-flush-interval-msec=250"])
+    assert args == [*given, "--file-flush-interval-msec=250"]
     assert drain == 2
     with pytest.raises(SetupError, match="--drain-time-s 'soon' is not a number"):
         envoy_arguments(["--drain-time-s", "soon"])
