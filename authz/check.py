@@ -37,6 +37,10 @@ DECISIONS = Counter("authz_decisions_total", "ext_authz answers", ["tenant", "st
 # alerts' ``increase(...{status="503"}[5m]) > 0`` sees the first one (gateway/metrics.py).
 for _status in ("400", "401", "403", "413", "429", "502", "503"):
     DECISIONS.labels("", _status)
+# Why authz refused, across tenants (bounded: one series per Reason, all from the start).
+REFUSALS = Counter("authz_refusals_total", "ext_authz refusals by reason", ["reason"])
+for _reason in Reason:
+    REFUSALS.labels(_reason.value)
 _log = logs.get("authz.check")
 
 
@@ -105,6 +109,7 @@ class Authorizer:
         status = 200 if isinstance(decision, Allow) else decision.status
         DECISIONS.labels(tenant, str(status)).inc()
         if not isinstance(decision, Allow) and decision.reason is not None:
+            REFUSALS.labels(decision.reason.value).inc()
             # One line per refusal (the request id is bound by the gRPC edge): the why.
             _log.info("refused", status=status, reason=str(decision.reason), tenant=tenant)
         return decision

@@ -41,6 +41,10 @@ def collector_url(endpoint: str) -> str:
     return endpoint if endpoint.startswith(_SCHEMES) else f"http://{endpoint}"
 
 
+class TracingUnavailable(RuntimeError):
+    """Tracing was asked for and cannot run (the service does not start)."""
+
+
 def interceptors(service: str, endpoint: str) -> list[grpc.aio.ServerInterceptor]:
     """The server interceptors tracing needs: none when ``endpoint`` is empty (tracing off),
     else one that spans :data:`TRACED_SERVICES`' RPCs, after the OpenTelemetry SDK is set up
@@ -53,7 +57,14 @@ def interceptors(service: str, endpoint: str) -> list[grpc.aio.ServerInterceptor
 def _configure(service: str, endpoint: str) -> grpc.aio.ServerInterceptor:
     # Imported here: a service with tracing off never loads the SDK.
     from opentelemetry import trace
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    try:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    except ImportError as exc:  # xds-protos' older copy of the OTLP protos won the install
+        raise TracingUnavailable(
+            "tracing needs opentelemetry-proto's own files (xds-protos installed an older copy"
+            " over them): pip install --no-deps --force-reinstall opentelemetry-proto"
+        ) from exc
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider

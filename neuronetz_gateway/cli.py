@@ -47,10 +47,13 @@ def _run_service(name: str, workers_flag: int | None = None) -> int:
     module = importlib.import_module(SERVICE_MODULES[name])
     # uvloop: the services' event loop (grpc aio, asyncpg, redis) runs ~1.5x the Checks/s.
     from gateway.storeerrors import STORE_ERRORS  # the services' imports: asyncpg, redis
+    from gateway.tracing import TracingUnavailable
 
+    # A store unreachable at start, a port taken, tracing asked for and impossible: one line.
+    one_line: tuple[type[Exception], ...] = (*STORE_ERRORS, TracingUnavailable)
     try:
         uvloop.run(module.run(cfg))
-    except STORE_ERRORS as exc:  # a store unreachable at start, a port taken: one line
+    except one_line as exc:
         why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         print(f"neuronetz-gateway {name}: cannot run: {why}", file=sys.stderr)
         return 1

