@@ -160,6 +160,18 @@ def test_every_service_probe_passes_on_the_pod_ip(pod: Pod, service: str) -> Non
     assert _get(pod.ip, port, "/livez") == (200, "ok\n")
 
 
+@pytest.mark.parametrize("service", SERVICES)
+def test_every_services_metrics_are_scraped_on_the_pod_ip_with_their_histograms(
+    pod: Pod, service: str
+) -> None:
+    """What Prometheus scrapes from another node: the RPC latency histogram of the service's
+    own RPCs (the probes above answered from gRPC health, so it has samples) and build_info."""
+    status, text = _get(pod.ip, pod.port(f"{service}_metrics"), "/metrics")
+    assert status == 200
+    assert "# TYPE neuronetz_rpc_seconds histogram" in text
+    assert f'neuronetz_build_info{{service="{service}"' in text
+
+
 def test_envoys_probe_passes_on_the_pod_ip(pod: Pod) -> None:
     port = pod.port("envoy_probe")  # neuronetz-gateway envoy run --probe-port
     assert _get(pod.ip, port, "/readyz")[0] == 200
