@@ -80,10 +80,10 @@ async def start(
     already taken is an error, not a silent second server. ``interceptors`` see every call,
     health and reflection included (the admin API's guards only its own service). ``health``:
     the one ``/readyz`` reads (gateway/metrics.py); by default a health of its own. Every
-    call is timed first (gateway/rpcmetrics.py: ``neuronetz_rpc_seconds``), and the server's
-    start sets ``neuronetz_build_info`` (gateway/metrics.py)."""
+    handler is timed where it is registered (gateway/rpcmetrics.py: ``neuronetz_rpc_seconds``),
+    and the server's start sets ``neuronetz_build_info`` (gateway/metrics.py)."""
     server = grpc.aio.server(
-        interceptors=[rpcmetrics.RpcMetrics(), *interceptors],
+        interceptors=list(interceptors),
         options=[
             ("grpc.so_reuseport", 1 if reuse_port else 0),
             ("grpc.max_receive_message_length", 8 << 20),
@@ -91,11 +91,12 @@ async def start(
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ],
     )
+    timed = rpcmetrics.TimedRegistration(server).server  # every handler registered is timed
     for add in register:
-        add(server)
+        add(timed)
     names = list(service_names)
     state = health if health is not None else Health()
-    health_pb2_grpc.add_HealthServicer_to_server(state.servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(state.servicer, timed)
     await state.start(names)
     reflection.enable_server_reflection(
         [
@@ -103,7 +104,7 @@ async def start(
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ],
-        server,
+        timed,
     )
     if server.add_insecure_port(listen) == 0:
         raise OSError(f"cannot bind gRPC server to {listen}")

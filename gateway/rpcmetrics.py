@@ -1,15 +1,14 @@
 """How long every RPC a service serves takes, by service, method and status code:
 ``neuronetz_rpc_seconds{service, method, code}`` (a Prometheus histogram, seconds).
 
-One interceptor (gateway/grpcserver.py puts it first on every server, so it times what the
-others do too). The labels are bounded: only methods the server registered are observed (an
-unknown method has no handler and is not timed), and ``code`` is a ``grpc.StatusCode`` name.
-A streaming RPC (ext_proc, access logs, health ``Watch``) is timed from its start to its end:
-the length of the stream.
-
-The hot path pays one ``observe()``: the wrapped handler is built once per method and reused
-(``grpcio`` hands the interceptor the same handler object for every call of a method), and
-the labelled series once per method and code.
+Every method handler is timed where it is registered (gateway/grpcserver.py hands each
+service's registration a :class:`TimedRegistration` instead of the server), so a call pays one
+wrapper and one ``observe()``: no interceptor (a ``grpc.aio`` interceptor costs an ``await``
+and a handler lookup on every call — measured: +0.09 ms per call, 19 % fewer Checks/s at 16 in
+flight). The labels are bounded: only registered methods are observed, and ``code`` is a
+``grpc.StatusCode`` name. A streaming RPC (ext_proc, access logs, health ``Watch``) is timed
+from its start to its end: the length of the stream. The wrapper runs inside whatever
+interceptors the server has (the admin API's guard, tracing).
 """
 
 from __future__ import annotations
@@ -17,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, cast
 
 import grpc
 from prometheus_client import Histogram
@@ -51,7 +50,6 @@ RPC_SECONDS = Histogram(
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Handler = grpc.RpcMethodHandler  # generic only in the type stubs: subscripted in quotes
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable["Handler[Any, Any] | None"]]
 Observe = Callable[[str, float], None]
 
 
@@ -140,29 +138,45 @@ def _wrap(handler: Handler[Any, Any], observe: Observe) -> Handler[Any, Any]:
     return handler
 
 
-class RpcMetrics(grpc.aio.ServerInterceptor):
-    """Times every call of every registered method into :data:`RPC_SECONDS`."""
+class _TimedGeneric(grpc.GenericRpcHandler):
+    """A generic handler's method handlers, timed (a registered handler takes precedence:
+    this serves what is registered only generically, e.g. by hand)."""
 
-    def __init__(self) -> None:
-        # method -> (the handler the next interceptor or the server gave, its timed copy): an
-        # interceptor behind this one that builds a new handler per call (the admin API's
-        # guard) misses this cache, and pays for one handler, not for the series' lookup.
-        self._wrapped: dict[str, tuple[Handler[Any, Any], Handler[Any, Any]]] = {}
-        self._observers: dict[str, Observe] = {}
+    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+        self._inner = inner
+        self._timed: dict[str, tuple[Handler[Any, Any], Handler[Any, Any]]] = {}
 
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
+    def service(self, details: grpc.HandlerCallDetails) -> Handler[Any, Any] | None:
+        handler = self._inner.service(details)
         if handler is None:
-            return None  # no such method: UNIMPLEMENTED, and no series for a made-up name
-        method: str = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        observe = self._observers.get(method)
-        if observe is None:  # registered methods only: bounded
-            observe = self._observers[method] = _observer(*split(method))
-        wrapped = _wrap(handler, observe)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+            return None  # not this service's: no series for a made-up name
+        method: str = details.method
+        cached = self._timed.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = self._timed[method] = (handler, _wrap(handler, _observer(*split(method))))
+        return cached[1]
+
+
+class TimedRegistration:
+    """The server as a service's generated ``add_*_to_server`` sees it: the handlers it
+    registers are timed (:data:`RPC_SECONDS`); everything else goes to the server itself."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, Handler[Any, Any]]
+    ) -> None:
+        timed = {name: _wrap(h, _observer(service, name)) for name, h in handlers.items()}
+        self._server.add_registered_method_handlers(service, timed)
+
+    def add_generic_rpc_handlers(self, generic: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers([_TimedGeneric(g) for g in generic])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+    @property
+    def server(self) -> grpc.aio.Server:
+        """Itself, typed as the server (what the registration functions are declared to take)."""
+        return cast(grpc.aio.Server, self)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 import pytest
 
 from devstack.client import Caller, StackClient
 from devstack.processes import Proc
+from devstack.stack import Stack, StackConfig
 
-__all__ = ["Caller", "Gateway"]
+__all__ = ["Caller", "Gateway", "beside"]
 
 
 class Gateway(StackClient):
@@ -18,3 +24,20 @@ class Gateway(StackClient):
         if proc is None:
             pytest.skip(f"{name} is an external instance, not started by the tests")
         return proc
+
+
+@contextmanager
+def beside(session: Stack, **config: Any) -> Iterator[Gateway]:
+    """Another stack on the session's PostgreSQL and Redis (its own services, Envoy and, unless
+    ``mocks`` or ``ollama_urls`` say otherwise, the session's model server), with ``config``
+    in place of the session's settings; stopped at the end."""
+    defaults = StackConfig(
+        database_url=session.database_url,
+        redis_url=session.redis_url,
+        ollama_urls=[] if config.get("mocks") else session.ollama_urls,
+    )
+    running = Stack(dataclasses.replace(defaults, **config)).start()
+    try:
+        yield Gateway(running)
+    finally:
+        running.stop()

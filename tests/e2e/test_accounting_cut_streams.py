@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from devstack.stack import Stack, StackConfig
+from devstack.stack import Stack
 from tests.e2e.test_accounting_helpers import (
     CHAT,
     PROMPT_WORDS,
@@ -31,7 +31,7 @@ from tests.e2e.test_accounting_helpers import (
     until,
     used,
 )
-from tests.gateway_client import Caller, Gateway
+from tests.gateway_client import Caller, Gateway, beside
 
 # 60 words, ~300 characters: whatever the estimate rule, authz reserves more than 60 tokens.
 LONG_PROMPT = " ".join(f"w{i:03d}" for i in range(60))
@@ -138,21 +138,15 @@ LEASE_S = 2
 def short(stack: Stack) -> Iterator[Gateway]:
     """The session's Postgres, Redis and mock with their own services and Envoy, whose slot
     and reservation leases last LEASE_S seconds."""
-    config = StackConfig(
-        database_url=stack.database_url,
-        redis_url=stack.redis_url,
-        ollama_urls=stack.ollama_urls,
+    with beside(
+        stack,
         extra_env={
             **stack.config.extra_env,
             "NZ_SLOT_LEASE_S": str(LEASE_S),
             "NZ_RESERVATION_LEASE_S": str(LEASE_S),
         },
-    )
-    running = Stack(config).start()
-    try:
-        yield Gateway(running)
-    finally:
-        running.stop()
+    ) as running:
+        yield running
 
 
 def one_more(gw: Gateway, who: Caller) -> httpx.Response:

@@ -16,9 +16,9 @@ import httpx
 import ollama
 import pytest
 
-from devstack.stack import MockBackend, Stack, StackConfig
+from devstack.stack import MockBackend, Stack
 from tests.e2e.test_accounting_helpers import audit_rows
-from tests.gateway_client import Caller, Gateway
+from tests.gateway_client import Caller, Gateway, beside
 
 HOSTED_SECRET = "Bearer hosted-secret"
 HOSTED = MockBackend(
@@ -28,17 +28,12 @@ HOSTED = MockBackend(
 
 @pytest.fixture(scope="module")
 def hosted(stack: Stack) -> Iterator[Gateway]:
-    config = StackConfig(
-        database_url=stack.database_url,
-        redis_url=stack.redis_url,
+    with beside(
+        stack,
         mocks=[HOSTED],
         extra_env={"NZ_DISCOVERY_INTERVAL_S": "1"},
-    )
-    running = Stack(config).start()
-    try:
-        yield Gateway(running)
-    finally:
-        running.stop()
+    ) as running:
+        yield running
 
 
 @pytest.fixture

@@ -22,9 +22,9 @@ import openai
 import pytest
 
 from devstack import envoyconf
-from devstack.stack import MockBackend, Stack, StackConfig
+from devstack.stack import MockBackend, Stack
 from tests.e2e.test_accounting_helpers import audit_rows, ledger_rows
-from tests.gateway_client import Caller, Gateway
+from tests.gateway_client import Caller, Gateway, beside
 from tests.polling import poll
 
 GPU_SECRET = "Bearer gpu-proxy-credential-7f3a"
@@ -38,18 +38,13 @@ TRY_TIMEOUT_S = 1.0
 
 @pytest.fixture(scope="module")
 def many(stack: Stack) -> Iterator[Gateway]:
-    config = StackConfig(
-        database_url=stack.database_url,
-        redis_url=stack.redis_url,
+    with beside(
+        stack,
         mocks=MOCKS,
         extra_env={"NZ_DISCOVERY_INTERVAL_S": "1", "NZ_DISCOVERY_TTL_S": "3"},
         edge=envoyconf.EdgeLimits(backend_try_timeout_s=TRY_TIMEOUT_S),
-    )
-    running = Stack(config).start()
-    try:
-        yield Gateway(running)
-    finally:
-        running.stop()
+    ) as running:
+        yield running
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from devstack.stack import Stack, StackConfig
+from devstack.stack import Stack
 from tests.e2e.test_accounting_helpers import (
     CHAT,
     PROMPT_WORDS,
@@ -26,7 +26,7 @@ from tests.e2e.test_accounting_helpers import (
     caller,
     used,
 )
-from tests.gateway_client import Caller, Gateway
+from tests.gateway_client import Caller, Gateway, beside
 from tests.polling import poll
 
 STREAMS = 20
@@ -40,21 +40,15 @@ STOP_GRACE_S = 4  # NZ_ACCOUNTING_STOP_GRACE_S of this module's stack
 def supervised(stack: Stack) -> Iterator[Gateway]:
     """The session's Postgres, Redis and mock with their own services and an Envoy under the
     supervisor (this test stops them all)."""
-    config = StackConfig(
-        database_url=stack.database_url,
-        redis_url=stack.redis_url,
-        ollama_urls=stack.ollama_urls,
+    with beside(
+        stack,
         extra_env={
             **stack.config.extra_env,
             "NZ_ACCOUNTING_STOP_GRACE_S": str(STOP_GRACE_S),
         },
         supervise_envoy=True,
-    )
-    running = Stack(config).start()
-    try:
-        yield Gateway(running)
-    finally:
-        running.stop()
+    ) as running:
+        yield running
 
 
 def _stream(gw: Gateway, who: Caller, first_frame: threading.Barrier) -> tuple[int, list[Any]]:

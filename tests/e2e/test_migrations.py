@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -168,24 +170,23 @@ def test_0002_partitions_the_audit_log_and_keeps_its_rows(stack: Stack, tmp_path
     assert parts == ["gateway.audit_log_p20260304", "gateway.audit_log_p20260305"]
 
 
-def test_0004_adds_backend_and_attempts_to_every_audit_partition(
-    stack: Stack, tmp_path: Path
-) -> None:
+def _audit_column_migration(
+    stack: Stack, tmp_path: Path, migration: str, written: AuditRow, columns: tuple[str, ...]
+) -> tuple[list[str], list[tuple[str, str, str]], list[tuple[Any, ...]], list[str]]:
+    """Apply the migrations before ``migration``, a row of yesterday and today's and
+    yesterday's partitions, then ``migration``, two days more of partitions and ``written``
+    (through accounting's writer) two days ahead: (applied, (partition, column, default) of
+    every NOT NULL ``columns`` on every partition, request_id + ``columns`` of every row, the
+    names of the partitions the test expects)."""
     url = fresh_database(stack.database_url, "m")
-    before = [m for m in migrate.discover() if m.name < "0004"]
-    for migration in before:
-        (tmp_path / migration.name).write_text(migration.sql, encoding="utf-8")
+    before = [m for m in migrate.discover() if m.name < migration]
+    for each in before:
+        (tmp_path / each.name).write_text(each.sql, encoding="utf-8")
     assert asyncio.run(migrate.apply(url, tmp_path)) == [m.name for m in before]
-    now = datetime.now(UTC)  # one clock for the whole test: no midnight in between
+    now = written.ts - timedelta(days=2)  # one clock for the whole test: no midnight between
     old_day = now - timedelta(days=1)
 
-    def row(request_id: str, ts: datetime, backend: str, attempts: int) -> AuditRow:
-        return AuditRow(
-            request_id, ts, None, "abcdefghijkl", "POST", "/api/chat", "m", 200, 1, 2, False,
-            3.0, 4, 5, "10.0.0.1", "", None, backend=backend, attempts=attempts,
-        )  # fmt: skip
-
-    async def scenario() -> tuple[str, list[tuple[str, str, str]], list[asyncpg.Record]]:
+    async def scenario() -> tuple[list[str], list[asyncpg.Record], list[asyncpg.Record]]:
         conn = await asyncpg.connect(url)
         pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
         assert pool is not None
@@ -199,91 +200,67 @@ def test_0004_adds_backend_and_attempts_to_every_audit_partition(
             await auditparts.maintain(conn, retention_days=30, ahead_days=0, now=now)
             applied = await migrate.apply(url)
             await auditparts.maintain(conn, retention_days=30, ahead_days=2, now=now)
-            later = now + timedelta(days=2)
-            await audit.write(pool, [row("r-failover", later, "gpu-b", 2)])
-            columns = await conn.fetch(
+            await audit.write(pool, [written])
+            found = await conn.fetch(
                 "SELECT c.relname, a.attname, pg_get_expr(d.adbin, d.adrelid) AS dflt"
                 "  FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
                 "  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnotnull"
                 "  JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum"
-                " WHERE i.inhparent = 'gateway.audit_log'::regclass"
-                "   AND a.attname IN ('backend', 'attempts')"
-                " ORDER BY c.relname, a.attname"
+                " WHERE i.inhparent = 'gateway.audit_log'::regclass AND a.attname = ANY($1)"
+                " ORDER BY c.relname, a.attname",
+                list(columns),
             )
             rows = await conn.fetch(
-                "SELECT request_id, backend, attempts, tableoid::regclass::text AS part"
-                " FROM gateway.audit_log ORDER BY request_id"
+                "SELECT request_id, to_jsonb(a)::text AS cols, tableoid::regclass::text AS part"
+                " FROM gateway.audit_log a ORDER BY request_id"
             )
-            return applied[0], [(c["relname"], c["attname"], c["dflt"]) for c in columns], rows
+            return applied, found, rows
         finally:
             await pool.close()
             await conn.close()
 
-    applied, columns, rows = asyncio.run(scenario())
-    assert applied == "0004_audit_backend.sql"
+    applied, found, rows = asyncio.run(scenario())
     days = [old_day.date() + timedelta(days=n) for n in range(4)]
     partitions = ["audit_log_default", *(auditparts.partition_name(d) for d in days)]
+    return (
+        applied,
+        [(c["relname"], c["attname"], c["dflt"]) for c in found],
+        [(r["request_id"], *(json.loads(r["cols"])[c] for c in columns), r["part"]) for r in rows],
+        [*sorted(partitions), *(f"gateway.{auditparts.partition_name(d)}" for d in days)],
+    )
+
+
+def test_0004_adds_backend_and_attempts_to_every_audit_partition(
+    stack: Stack, tmp_path: Path
+) -> None:
+    later = datetime.now(UTC) + timedelta(days=2)
+    failover = AuditRow(
+        "r-failover", later, None, "abcdefghijkl", "POST", "/api/chat", "m", 200, 1, 2, False,
+        3.0, 4, 5, "10.0.0.1", "", None, backend="gpu-b", attempts=2,
+    )  # fmt: skip
+    applied, columns, rows, names = _audit_column_migration(
+        stack, tmp_path, "0004", failover, ("attempts", "backend")
+    )
+    assert applied[0] == "0004_audit_backend.sql"
+    partitions, (old_part, _, _, new_part) = names[:5], names[5:]
     assert columns == [
         (part, name, default)
-        for part in sorted(partitions)
+        for part in partitions
         for name, default in (("attempts", "0"), ("backend", "''::text"))
     ]
-    assert [tuple(r.values()) for r in rows] == [
-        ("r-failover", "gpu-b", 2, f"gateway.{auditparts.partition_name(days[3])}"),
-        ("r-old", "", 0, f"gateway.{auditparts.partition_name(days[0])}"),
-    ]
+    assert rows == [("r-failover", 2, "gpu-b", new_part), ("r-old", 0, "", old_part)]
 
 
 def test_0005_adds_reason_to_every_audit_partition(stack: Stack, tmp_path: Path) -> None:
-    url = fresh_database(stack.database_url, "m")
-    before = [m for m in migrate.discover() if m.name < "0005"]
-    for migration in before:
-        (tmp_path / migration.name).write_text(migration.sql, encoding="utf-8")
-    assert asyncio.run(migrate.apply(url, tmp_path)) == [m.name for m in before]
-    now = datetime.now(UTC)
-    old_day = now - timedelta(days=1)
+    later = datetime.now(UTC) + timedelta(days=2)
     refused = AuditRow(
-        "r-refused", now + timedelta(days=2), None, "abcdefghijkl", "POST", "/api/chat", "",
-        403, None, None, False, 3.0, 4, 5, "10.0.0.1", "UAEX", "http 403",
-        reason="model_not_allowed",
+        "r-refused", later, None, "abcdefghijkl", "POST", "/api/chat", "", 403, None, None,
+        False, 3.0, 4, 5, "10.0.0.1", "UAEX", "http 403", reason="model_not_allowed",
     )  # fmt: skip
-
-    async def scenario() -> tuple[list[str], list[tuple[str, str]], list[asyncpg.Record]]:
-        conn = await asyncpg.connect(url)
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
-        assert pool is not None
-        try:
-            await conn.execute(
-                "INSERT INTO gateway.audit_log (request_id, ts, method, endpoint, status)"
-                " VALUES ('r-old', $1, 'GET', '/api/tags', 200)",
-                old_day,
-            )
-            await auditparts.maintain(conn, retention_days=30, ahead_days=0, now=now)
-            applied = await migrate.apply(url)
-            await auditparts.maintain(conn, retention_days=30, ahead_days=2, now=now)
-            await audit.write(pool, [refused])
-            columns = await conn.fetch(
-                "SELECT c.relname, pg_get_expr(d.adbin, d.adrelid) AS dflt"
-                "  FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-                "  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnotnull"
-                "  JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum"
-                " WHERE i.inhparent = 'gateway.audit_log'::regclass AND a.attname = 'reason'"
-                " ORDER BY c.relname"
-            )
-            rows = await conn.fetch(
-                "SELECT request_id, reason FROM gateway.audit_log ORDER BY request_id"
-            )
-            return applied, [(c["relname"], c["dflt"]) for c in columns], rows
-        finally:
-            await pool.close()
-            await conn.close()
-
-    applied, columns, rows = asyncio.run(scenario())
+    applied, columns, rows, names = _audit_column_migration(
+        stack, tmp_path, "0005", refused, ("reason",)
+    )
     assert applied[0] == "0005_audit_reason.sql"
-    days = [old_day.date() + timedelta(days=n) for n in range(4)]
-    partitions = ["audit_log_default", *(auditparts.partition_name(d) for d in days)]
-    assert columns == [(part, "''::text") for part in sorted(partitions)]
-    assert [tuple(r.values()) for r in rows] == [
-        ("r-old", ""),
-        ("r-refused", "model_not_allowed"),
-    ]
+    partitions, (old_part, _, _, new_part) = names[:5], names[5:]
+    assert columns == [(part, "reason", "''::text") for part in partitions]
+    assert rows == [("r-old", "", old_part), ("r-refused", "model_not_allowed", new_part)]

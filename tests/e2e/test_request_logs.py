@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from devstack.stack import Stack, StackConfig
+from devstack.stack import Stack
 from gateway.errorbodies import error_body
 from gateway.signals import DENY_MODE_KEY
 from tests.e2e.test_accounting_helpers import CHAT, audit_rows, redis_client, wait_for
-from tests.gateway_client import Caller, Gateway
+from tests.gateway_client import Caller, Gateway, beside
 from tests.polling import poll
 
 
@@ -139,19 +139,13 @@ def test_an_answered_request_has_its_id_and_no_reason(gw: Gateway) -> None:
 def no_accounting(stack: Stack) -> Iterator[Gateway]:
     """The session's Postgres, Redis and mock with their own services and Envoy; accounting
     stopped (this module's stack only)."""
-    config = StackConfig(
-        database_url=stack.database_url,
-        redis_url=stack.redis_url,
-        ollama_urls=stack.ollama_urls,
+    with beside(
+        stack,
         extra_env=dict(stack.config.extra_env),
         log_level="info",  # the services' shipped level (the stack's default is warning)
-    )
-    running = Stack(config).start()
-    try:
-        running.procs["accounting"].stop()
-        yield Gateway(running)
-    finally:
-        running.stop()
+    ) as running:
+        running.stack.procs["accounting"].stop()
+        yield running
 
 
 def test_with_accounting_down_envoy_still_logs_every_request(no_accounting: Gateway) -> None:

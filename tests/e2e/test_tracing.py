@@ -15,9 +15,9 @@ import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from devstack.stack import Stack, StackConfig
+from devstack.stack import Stack
 from tests.e2e.test_accounting_helpers import CHAT
-from tests.gateway_client import Gateway
+from tests.gateway_client import Gateway, beside
 from tests.polling import poll
 
 CHECK = "/envoy.service.auth.v3.Authorization/Check"
@@ -90,16 +90,11 @@ def collector() -> Iterator[tuple[Collector, int]]:
 
 @pytest.fixture(scope="module")
 def traced(stack: Stack, collector: tuple[Collector, int]) -> Iterator[Gateway]:
-    config = StackConfig(
-        database_url=stack.database_url,
-        redis_url=stack.redis_url,
+    with beside(
+        stack,
         otlp_endpoint=f"127.0.0.1:{collector[1]}",
-    )
-    running = Stack(config).start()
-    try:
-        yield Gateway(running)
-    finally:
-        running.stop()
+    ) as running:
+        yield running
 
 
 def test_one_request_is_one_trace_with_spans_from_envoy_and_every_service(

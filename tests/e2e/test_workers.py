@@ -12,9 +12,9 @@ import httpx
 import psutil
 import pytest
 
-from devstack.stack import SERVICES, Stack, StackConfig
+from devstack.stack import SERVICES, Stack
 from tests.e2e.test_accounting_helpers import CHAT, audit_rows, caller
-from tests.gateway_client import Gateway
+from tests.gateway_client import Gateway, beside
 
 SMALL = {**CHAT, "stream": False, "options": {"num_predict": 2}}
 
@@ -23,17 +23,11 @@ SMALL = {**CHAT, "stream": False, "options": {"num_predict": 2}}
 def two(stack: Stack) -> Iterator[Gateway]:
     """The session's Postgres, Redis and mock with their own Envoy and services, each
     service as two workers."""
-    config = StackConfig(
-        database_url=stack.database_url,
-        redis_url=stack.redis_url,
-        ollama_urls=stack.ollama_urls,
+    with beside(
+        stack,
         extra_env={**stack.config.extra_env, "NZ_WORKERS": "2"},
-    )
-    running = Stack(config).start()
-    try:
-        yield Gateway(running)
-    finally:
-        running.stop()
+    ) as running:
+        yield running
 
 
 def burst(gw: Gateway, headers: dict[str, str], n: int) -> list[int]:
