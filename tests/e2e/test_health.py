@@ -7,7 +7,6 @@ stops no service; the RLS reloads its YAML on it, and a bad new file keeps the o
 
 from __future__ import annotations
 
-import http.client
 import os
 import signal
 import threading
@@ -24,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.stack import Stack, StackConfig
 from ratelimit.config import DEFAULT_PATH
+from tests import probes
 from tests.polling import poll
 
 SERVICES = {  # service → its gRPC service names (and "")
@@ -78,13 +78,7 @@ def grpc_health(stack: Stack, service: str) -> list[int]:
 
 
 def http_get(stack: Stack, service: str, path: str) -> tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", stack.ports[f"{service}_metrics"], timeout=5)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode()
-    finally:
-        conn.close()
+    return probes.http_get("127.0.0.1", stack.ports[f"{service}_metrics"], path)
 
 
 def ready(stack: Stack, service: str) -> bool:

@@ -13,7 +13,6 @@ Needs root (``ip netns``); skipped with the reason when the namespace cannot be 
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests import probes
 from tests.polling import poll
 
 pytestmark = pytest.mark.slow
@@ -135,13 +135,7 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 def _get(host: str, port: int, path: str) -> tuple[int, str]:
     """``GET path`` as the kubelet's httpGet probe sends it (1 s timeout, its default)."""
-    conn = http.client.HTTPConnection(host, port, timeout=1)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode()
-    finally:
-        conn.close()
+    return probes.http_get(host, port, path, timeout_s=1.0)
 
 
 def _refused(host: str, port: int) -> bool:

@@ -4,7 +4,6 @@ service's port gets it — not a flag of its own that stays 200 while no worker 
 
 from __future__ import annotations
 
-import http.client
 import os
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 
 from devstack.processes import free_port
 from devstack.stack import Stack
+from tests import probes
 from tests.polling import poll
 
 
@@ -30,15 +30,10 @@ class Supervised:
         return psutil.Process(self.proc.pid).children()
 
     def get(self, path: str) -> tuple[int, str]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.metrics_port, timeout=5)
         try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            return resp.status, resp.read().decode()
+            return probes.http_get("127.0.0.1", self.metrics_port, path)
         except OSError as exc:  # not listening yet
             return 0, type(exc).__name__
-        finally:
-            conn.close()
 
 
 @pytest.fixture
