@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import pytest
 
 from devstack.client import Caller, StackClient
@@ -17,6 +18,15 @@ __all__ = ["Caller", "Gateway", "beside"]
 
 
 class Gateway(StackClient):
+    def envoy_stats(self, pattern: str) -> dict[str, int]:
+        """Envoy's counters and gauges whose name matches ``pattern`` (its admin ``/stats``
+        filter, a regex), by name."""
+        text = httpx.get(
+            f"{self.stack.envoy_admin}/stats", params={"filter": pattern}, timeout=5
+        ).text
+        pairs = (line.rsplit(": ", 1) for line in text.splitlines() if ": " in line)
+        return {name: int(value) for name, value in pairs if value.isdigit()}
+
     def managed(self, name: str) -> Proc:
         """A component this stack started (to stop and start it again); skips the test when
         it is external (``DATABASE_URL`` / ``REDIS_URL`` / ``OLLAMA_URL`` set)."""

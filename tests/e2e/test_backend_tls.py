@@ -49,12 +49,6 @@ def mock_requests(gw: Gateway, who: Caller) -> list[dict[str, Any]]:
     return [r for r in log if r["headers"].get("x-nz-key-prefix") == who.prefix]
 
 
-def envoy_ssl_stats(gw: Gateway) -> dict[str, int]:
-    text = httpx.get(f"{gw.stack.envoy_admin}/stats?filter=ssl", timeout=5).text
-    pairs = (line.rsplit(": ", 1) for line in text.splitlines() if ": " in line)
-    return {name: int(value) for name, value in pairs if value.isdigit()}
-
-
 def test_the_backend_is_named_by_an_https_url_the_stack_trusts(hosted: Gateway) -> None:
     url = hosted.stack.backends["hosted"]
     assert url.startswith("https://localhost:")
@@ -97,7 +91,7 @@ def test_the_audit_row_names_the_https_backend(hosted: Gateway, who: Caller) -> 
 
 def test_envoy_reaches_the_backend_over_verified_tls(hosted: Gateway, who: Caller) -> None:
     chat(hosted, who)
-    stats = envoy_ssl_stats(hosted)
+    stats = hosted.envoy_stats("ssl")
     assert stats["cluster.ollama.ssl.handshake"] >= 1
     # The certificate's chain and its name were checked, and passed.
     assert stats.get("cluster.ollama.ssl.fail_verify_error", 0) == 0

@@ -84,12 +84,6 @@ def answered(gw: Gateway, who: Caller, model: str, status: int) -> httpx.Respons
     return resp if resp.status_code == status else None
 
 
-def envoy_stats(gw: Gateway, prefix: str) -> dict[str, int]:
-    text = httpx.get(f"{gw.stack.envoy_admin}/stats?filter=^{prefix}", timeout=5).text
-    pairs = (line.rsplit(": ", 1) for line in text.splitlines() if ": " in line)
-    return {name: int(value) for name, value in pairs if value.isdigit()}
-
-
 def chat(gw: Gateway, who: Caller, model: str, **extra: Any) -> httpx.Response:
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": False}
     return httpx.post(f"{gw.url}/api/chat", headers=who.headers, json=body | extra, timeout=30)
@@ -272,7 +266,7 @@ def test_killing_a_backend_moves_new_requests_to_the_next_with_no_client_error(
     assert len(seen(many, "cpu", who)) == 8
     # 5 consecutive failures took gpu out (for 30 s; back after that, half-open).
     gpu = many.stack.backends["gpu"].removeprefix("http://").replace(":", "_")
-    stats = envoy_stats(many, "cluster.ollama.")
+    stats = many.envoy_stats("^cluster.ollama.")
     assert stats["cluster.ollama.outlier_detection.ejections_enforced_consecutive_5xx"] >= 1
     assert stats[f"cluster.ollama.endpoint.{gpu}.healthy"] == 0
 
