@@ -12,11 +12,11 @@ import asyncio
 from collections.abc import Sequence
 from typing import Protocol
 
-import redis.asyncio as aioredis
 from prometheus_client import Gauge
 
 from gateway import logs
 from gateway.signals import DENY_MODE_KEY
+from gateway.storage import Store
 from gateway.storeerrors import REDIS_ERRORS
 
 DENY_MODE = Gauge(
@@ -34,7 +34,7 @@ class Buffer(Protocol):
 
 class DenyMode:
     def __init__(
-        self, redis: aioredis.Redis, buffers: Sequence[Buffer], ttl_s: int, interval_s: float
+        self, redis: Store, buffers: Sequence[Buffer], ttl_s: int, interval_s: float
     ) -> None:
         self._redis = redis
         self._buffers = buffers

@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from enum import Enum
 
 import asyncpg
-import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from authz.principal import Principal
@@ -26,6 +25,7 @@ from gateway.budgets import Budget
 from gateway.leases import Leases
 from gateway.periods import Period
 from gateway.signals import DENY_MODE_KEY
+from gateway.storage import Store
 from gateway.storeerrors import STORE_ERRORS, StoreUnavailable
 
 _BUDGET_FIELDS = (
@@ -89,9 +89,7 @@ def slots_for(principal: Principal) -> list[tuple[str, int]]:
 
 
 class Admitter:
-    def __init__(
-        self, redis: aioredis.Redis, db: asyncpg.Pool, leases: Leases | None = None
-    ) -> None:
+    def __init__(self, redis: Store, db: asyncpg.Pool, leases: Leases | None = None) -> None:
         self._redis = redis
         self._db = db
         self._leases = leases or Leases()
@@ -203,7 +201,8 @@ class Admitter:
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     pipe.exists(DENY_MODE_KEY)
-                    pipe.evalsha(self._sha, len(keys), *keys, *args)
+                    # (not pipe.evalsha: a Redis Cluster's pipeline refuses that name)
+                    pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
                     denied, raw = await _ADMIT_SECONDS.run(pipe.execute())
             except NoScriptError:
                 if attempt:

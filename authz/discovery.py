@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import redis.asyncio as aioredis
 from prometheus_client import Gauge
 
 from authz.models import canonical
 from gateway import logs
 from gateway.backends import Backend
+from gateway.storage import Store
 from gateway.storeerrors import REDIS_ERRORS
 
 # Another replica's list could not be read: Redis failed, or the list does not parse.
@@ -69,7 +69,7 @@ def _parse_tags(payload: Any) -> dict[str, dict[str, Any]]:
 @dataclass
 class Discovery:
     backends: tuple[Backend, ...]
-    redis: aioredis.Redis
+    redis: Store
     interval_s: float
     ttl_s: float
     _backends: dict[str, BackendModels] = field(default_factory=dict, init=False)

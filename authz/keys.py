@@ -42,12 +42,12 @@ import time
 from dataclasses import dataclass
 
 import asyncpg
-import redis.asyncio as aioredis
 from argon2 import PasswordHasher
 from prometheus_client import Counter
 
 from authz.principal import PRINCIPAL_SQL, Principal, from_row
 from gateway import apikeys, budgets, logs, scriptmetrics
+from gateway.storage import Store, queue_script
 from gateway.storeerrors import STORE_ERRORS, StoreUnavailable
 
 ARGON2_VERIFIES = Counter(
@@ -141,7 +141,7 @@ class KeyStore:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        redis: aioredis.Redis,
+        redis: Store,
         ph: PasswordHasher,
         ttl_s: float,
         *,
@@ -291,10 +291,8 @@ class KeyStore:
     async def _count_failure(self, prefix: str, address: str) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             # Registered scripts: EVALSHA, not the script's text with every failure.
-            await self._fail(
-                keys=[failure_key(prefix, address)], args=[FAILURE_WINDOW_S], client=pipe
-            )
-            await self._fail(keys=[address_key(address)], args=[self._address_window], client=pipe)
+            await queue_script(pipe, self._fail, [failure_key(prefix, address)], [FAILURE_WINDOW_S])
+            await queue_script(pipe, self._fail, [address_key(address)], [self._address_window])
             await _FAIL_SECONDS.run(pipe.execute())
 
     def _remembered(self, ident: str) -> str | None:

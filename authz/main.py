@@ -30,8 +30,8 @@ async def run(cfg: Settings) -> None:
     log = logs.get("authz")
     health = grpcserver.Health()  # its gRPC server's: /readyz answers from it
     metrics.serve(cfg.metrics_port, cfg.metrics_addr, health.serving)
-    pool = await pg_pool(cfg.database_url)
-    redis = redis_client(cfg.redis_url, cfg.redis_timeout_s)
+    pool = await pg_pool(cfg)
+    redis = redis_client(cfg.redis_url, cfg.redis_timeout_s, cfg.redis_cluster)
     ph = apikeys.hasher(cfg.argon2_time_cost, cfg.argon2_memory_kib)
     keys = KeyStore(
         pool,
@@ -49,7 +49,8 @@ async def run(cfg: Settings) -> None:
         await admitter.load()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(discovery.refresh(), _FIRST_DISCOVERY_S)
-    listener = RevocationListener(cfg.database_url, keys)
+    # LISTEN needs a session of its own: PostgreSQL itself, never a transaction pooler
+    listener = RevocationListener(cfg.direct_database_url, keys)
     throttles = Throttles()  # the RLS's refusals, heard on Redis pub/sub
     subscriber = Subscriber(cfg.redis_url, throttles, cfg.redis_timeout_s)
     accounting = AccountingHealth(

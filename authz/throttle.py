@@ -219,18 +219,26 @@ class Throttles:
 
 
 class Subscriber:
-    """Listens on the RLS's channel; on any failure the map is emptied and it reconnects."""
+    """Listens on the RLS's channel; on any failure the map is emptied and it reconnects.
+
+    On a Redis Cluster (``redis_url``: its seed URLs, comma separated) a message published on
+    any node reaches every node's subscribers (the cluster bus carries it): one connection to
+    one node is enough, and the next seed is tried when that node fails.
+    """
 
     def __init__(self, redis_url: str, throttles: Throttles, connect_timeout_s: float) -> None:
-        self._url = redis_url
+        self._urls = [url.strip() for url in redis_url.split(",") if url.strip()]
+        self._attempt = 0
         self._throttles = throttles
         self._timeout = connect_timeout_s
         self.connected = asyncio.Event()
 
     async def run(self) -> None:
         while True:
+            url = self._urls[self._attempt % len(self._urls)]
+            self._attempt += 1
             client = aioredis.Redis.from_url(
-                self._url,
+                url,
                 socket_connect_timeout=self._timeout,
                 socket_timeout=None,  # a subscription waits for messages
                 decode_responses=True,

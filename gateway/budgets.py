@@ -31,11 +31,11 @@ from datetime import datetime
 from importlib.resources import files
 
 import asyncpg
-import redis.asyncio as aioredis
 from asyncpg.pool import PoolConnectionProxy
 
 from gateway import periods, scriptmetrics
 from gateway.periods import Period
+from gateway.storage import Store
 
 # A reservation not settled (nor renewed by its live stream, ``gateway/leases.py``) within
 # this time stops counting: a lost settlement heals itself. The default of the setting
@@ -118,7 +118,7 @@ async def ledger_used(db: Queries, budget: Budget, now: datetime) -> int:
     return int(await db.fetchval(_LEDGER_SQL, budget.tenant_id, budget.key_id, begin, end))
 
 
-async def rebuild(redis: aioredis.Redis, db: asyncpg.Pool, budget: Budget, now: datetime) -> int:
+async def rebuild(redis: Store, db: asyncpg.Pool, budget: Budget, now: datetime) -> int:
     """Recreate a missing *used* counter from the Postgres ledger (never overwrites one)."""
     used = await ledger_used(db, budget, now)
     await redis.set(budget.used_key(now), used, nx=True, ex=counter_ttl_s(budget.period, now))
@@ -136,7 +136,7 @@ def _amount(member: str) -> int:
     return int(found.group(1)) if found else 0
 
 
-async def read(redis: aioredis.Redis, budget: Budget, now: datetime, clock: float) -> Reading:
+async def read(redis: Store, budget: Budget, now: datetime, clock: float) -> Reading:
     """``budget``'s *used* counter (None when missing) and its *reserved* tokens, as admission
     counts them (``admit.lua``): the ``:sum`` less what has expired by ``clock`` (epoch seconds),
     which the next admission sweeps. Read only: nothing is swept here."""
@@ -150,9 +150,7 @@ async def read(redis: aioredis.Redis, budget: Budget, now: datetime, clock: floa
     return Reading(None if used is None else int(used), live)
 
 
-async def settle(
-    redis: aioredis.Redis, tenant_id: str, request_id: str, actual_tokens: int
-) -> None:
+async def settle(redis: Store, tenant_id: str, request_id: str, actual_tokens: int) -> None:
     """Turn a request's reservation into real use: reserved -= its amount (if it still
     counts), used += actual — whatever the reservation's state: live, or expired and swept
     (its record outlives it by ``RECORD_GRACE_S``).

@@ -15,9 +15,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
 from gateway import budgets, scriptmetrics, slots
+from gateway.storage import Store, queue_script
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +44,7 @@ _RENEW_SECONDS = scriptmetrics.Timer("renew")  # one pipeline of up to ``batch``
 
 
 async def renew_all(
-    redis: aioredis.Redis,
+    redis: Store,
     leases: Leases,
     requests: list[tuple[str, str, str]],
     batch: int = 500,
@@ -69,5 +68,5 @@ async def renew_all(
                     slots.tenant_slots(tenant_id),
                     budgets.reservation_key(tenant_id, request_id),
                 ]
-                await script(keys=keys, args=[request_id, *args], client=pipe)
+                await queue_script(pipe, script, keys, [request_id, *args])
             await _RENEW_SECONDS.run(pipe.execute())

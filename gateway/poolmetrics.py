@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 from prometheus_client import Gauge
+from redis.asyncio.cluster import RedisCluster
 
 INTERVAL_S = 5.0
 
@@ -41,7 +42,7 @@ REDIS_CONNECTIONS = Gauge(
 # A closed asyncpg pool is dropped at the next sample (it takes no weak reference); a Redis
 # client nobody uses any more is not kept alive by its gauge.
 _pg: list[asyncpg.Pool] = []
-_redis: list[weakref.ref[aioredis.Redis]] = []
+_redis: list[weakref.ref[aioredis.Redis | RedisCluster]] = []
 _tasks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
     weakref.WeakKeyDictionary()
 )
@@ -52,14 +53,20 @@ def watch_pg(pool: asyncpg.Pool) -> None:
         _pg.append(pool)
 
 
-def watch_redis(client: aioredis.Redis) -> None:
+def watch_redis(client: aioredis.Redis | RedisCluster) -> None:
     if not any(c() is client for c in _redis):
         _redis.append(weakref.ref(client))
 
 
-def _redis_counts(client: aioredis.Redis) -> tuple[int, int, int]:
+def _redis_counts(client: aioredis.Redis | RedisCluster) -> tuple[int, int, int]:
     """(idle, in use, max) of a client's pool. redis-py keeps them in attributes of its pool
-    (``_available_connections``, ``_in_use_connections``) on every version we support."""
+    (``_available_connections``, ``_in_use_connections``) on every version we support; a
+    Redis Cluster client's are the sums of its nodes' (``_free``, ``_connections``)."""
+    if isinstance(client, RedisCluster):
+        nodes: list[Any] = client.get_nodes()
+        free = sum(len(getattr(n, "_free", ())) for n in nodes)
+        made = sum(len(getattr(n, "_connections", ())) for n in nodes)
+        return free, made - free, sum(int(getattr(n, "max_connections", 0) or 0) for n in nodes)
     pool: Any = client.connection_pool
     idle = len(getattr(pool, "_available_connections", ()))
     in_use = len(getattr(pool, "_in_use_connections", ()))

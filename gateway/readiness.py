@@ -20,10 +20,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 import asyncpg
-import redis.asyncio as aioredis
 from prometheus_client import Gauge
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from gateway import logs
+from gateway.storage import Store
 
 Probe = Callable[[], Awaitable[object]]
 INTERVAL_S = 1.0
@@ -44,10 +45,24 @@ class Target(Protocol):
     async def dependencies(self, ok: bool) -> None: ...
 
 
-def redis_probe(redis: aioredis.Redis) -> Probe:
-    """``PING`` on the service's own client (its pool, its timeouts)."""
+def redis_probe(redis: Store) -> Probe:
+    """``PING`` on the service's own client (its pool, its timeouts).
+
+    On a Redis Cluster every master is pinged and one answer is enough: a dead master fails
+    the requests touching its slots (503) until its replica is promoted, on every replica of
+    the gateway alike — taking them all out of service would refuse everyone else too.
+    """
 
     async def probe() -> object:
+        if isinstance(redis, RedisCluster):
+            primaries: list[ClusterNode] = redis.get_primaries()
+            answers = await asyncio.gather(
+                *(redis.ping(target_nodes=node) for node in primaries), return_exceptions=True
+            )
+            failed = [a for a in answers if isinstance(a, BaseException)]
+            if len(failed) == len(answers):
+                raise failed[0] if failed else ConnectionError("no master known")
+            return True
         return await redis.ping()
 
     return probe

@@ -16,15 +16,30 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 
 from gateway.workers import machine_cpus
 
 
 class Settings(BaseModel):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/gateway"
+    # PostgreSQL itself, for what needs a session of its own (LISTEN/NOTIFY for revocations,
+    # migrate's and the audit maintenance's advisory locks); "": NZ_DATABASE_URL. Required
+    # when NZ_DATABASE_URL is a transaction pooler (docs/PLATFORM.md, "PostgreSQL behind
+    # PgBouncer").
+    database_direct_url: str = ""
+    # "transaction": NZ_DATABASE_URL is a transaction-pooling PgBouncer (statement cache off,
+    # no session reset on release, a direct URL required); "": a direct connection.
+    database_pooler: Literal["", "transaction"] = ""
+    # asyncpg's prepared-statement cache per connection; -1: 100 direct, 0 behind a
+    # transaction pooler (PgBouncer < 1.21; >= 1.21 with max_prepared_statements may keep 100)
+    database_statement_cache_size: int = Field(default=-1, ge=-1)
+    # NZ_REDIS_URL names a Redis Cluster: one seed node's URL or several, comma separated
+    # (redis-py discovers the rest; docs/OPERATIONS.md, "Redis Cluster")
+    redis_cluster: bool = False
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Ollama backends, comma separated in NZ_OLLAMA_URLS (or OLLAMA_URL for one).
     ollama_urls: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:11434"])
@@ -114,10 +129,53 @@ class Settings(BaseModel):
     def _postgres_url(cls, value: str) -> str:
         return _url(value, ("postgresql", "postgres"), "postgresql://user@host:5432/gateway")
 
+    @field_validator("database_direct_url")
+    @classmethod
+    def _direct_url(cls, value: str) -> str:
+        if value == "":
+            return value  # NZ_DATABASE_URL's server
+        return _url(value, ("postgresql", "postgres"), "postgresql://user@host:5432/gateway")
+
+    @field_validator("database_pooler")
+    @classmethod
+    def _pooler_needs_direct(cls, value: str, info: ValidationInfo) -> str:
+        if value == "transaction" and not info.data.get("database_direct_url"):
+            raise ValueError(
+                "a transaction pooler needs NZ_DATABASE_DIRECT_URL, PostgreSQL's own URL "
+                "(LISTEN/NOTIFY and advisory locks need a session of their own)"
+            )
+        return value
+
+    @property
+    def direct_database_url(self) -> str:
+        """PostgreSQL itself (never a transaction pooler): for sessions of our own."""
+        return self.database_direct_url or self.database_url
+
+    @property
+    def statement_cache_size(self) -> int:
+        """asyncpg's statement cache per pooled connection (see database_statement_cache_size)."""
+        if self.database_statement_cache_size >= 0:
+            return self.database_statement_cache_size
+        return 0 if self.database_pooler == "transaction" else 100
+
     @field_validator("redis_url")
     @classmethod
-    def _redis_url(cls, value: str) -> str:
-        return _url(value, ("redis", "rediss", "unix"), "redis://host:6379/0")
+    def _redis_url(cls, value: str, info: ValidationInfo) -> str:
+        if not info.data.get("redis_cluster"):
+            if "," in value:
+                raise ValueError("several URLs name a cluster: set NZ_REDIS_CLUSTER=1")
+            return _url(value, ("redis", "rediss", "unix"), "redis://host:6379/0")
+        seeds = [u.strip() for u in value.split(",")]
+        example = "redis://10.0.0.1:6379,redis://10.0.0.2:6379"
+        for seed in seeds:
+            if not seed:
+                raise ValueError(f"an empty seed URL (e.g. {example})")
+            _url(seed, ("redis", "rediss"), example)
+            if urlsplit(seed).path.strip("/") not in ("", "0"):
+                raise ValueError(f"a cluster has database 0 only (e.g. {example})")
+        if len({urlsplit(s).scheme for s in seeds}) > 1:
+            raise ValueError(f"seeds mix redis:// and rediss:// (e.g. {example})")
+        return ",".join(seeds)
 
     @field_validator("ollama_urls")
     @classmethod
@@ -215,6 +273,8 @@ def _shown(name: str, value: object) -> str:
         return "[redacted]" if value else ""
     if isinstance(value, list):
         return ",".join(_shown(name, v) for v in value)
+    if isinstance(value, str) and value.count("://") > 1:  # a Redis Cluster's seed URLs
+        return ",".join(redact_url(url) for url in value.split(","))
     if isinstance(value, str) and "://" in value:
         return redact_url(value)
     return str(value)

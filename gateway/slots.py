@@ -10,7 +10,7 @@ when the stream ends.
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
+from gateway.storage import Store
 
 # A slot not released (nor renewed by its live stream, ``gateway/leases.py``) within this time
 # is free again. The default of the setting ``NZ_SLOT_LEASE_S``.
@@ -25,7 +25,7 @@ def tenant_slots(tenant_id: str) -> str:
     return f"nz:{{{tenant_id}}}:cs:t"
 
 
-async def release(redis: aioredis.Redis, tenant_id: str, key_id: str, request_id: str) -> None:
+async def release(redis: Store, tenant_id: str, key_id: str, request_id: str) -> None:
     """Free the request's slot on the key and the tenant; idempotent."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zrem(key_slots(tenant_id, key_id), request_id)

@@ -9,11 +9,17 @@ background loop logs and tries again later.
 from __future__ import annotations
 
 import asyncpg
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 # A Redis call failed: refused or reset (OSError, redis' ConnectionError), timed out (the
-# client's socket timeout, a pool without a free connection), or an error reply.
-REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError, TimeoutError)
+# client's socket timeout, a pool without a free connection), or an error reply; on a Redis
+# Cluster also no reachable node or no master for a slot (not RedisErrors in redis-py).
+REDIS_ERRORS: tuple[type[Exception], ...] = (
+    RedisError,
+    RedisClusterException,
+    OSError,
+    TimeoutError,
+)
 
 # A PostgreSQL call failed: refused or reset, timed out (command_timeout), the connection or
 # pool closed under it (InterfaceError), or the server refused the statement (PostgresError).

@@ -63,7 +63,7 @@ def _run_service(name: str, workers_flag: int | None = None) -> int:
 def _migrate(args: argparse.Namespace) -> int:
     from gateway import migrate
 
-    url = load_settings().database_url
+    url = load_settings().direct_database_url  # its advisory lock needs a session
     try:
         if args.status:
             states = asyncio.run(migrate.status(url))
@@ -91,7 +91,7 @@ def _audit_retention(args: argparse.Namespace) -> int:
     days = args.retention_days if args.retention_days is not None else cfg.audit_retention_days
 
     async def run() -> auditparts.Maintenance:
-        conn = await asyncpg.connect(cfg.database_url)
+        conn = await asyncpg.connect(cfg.direct_database_url)  # a session's advisory lock
         try:
             return await auditparts.maintain(
                 conn, retention_days=days, ahead_days=cfg.audit_partitions_ahead_days, wait=True

@@ -21,10 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from gateway import logs
 from gateway.rls import RateLimitRequest
+from gateway.storage import Store
 from gateway.storeerrors import REDIS_ERRORS
 from gateway.throttlemap import (
     CHANNEL,
@@ -107,7 +106,7 @@ class Announcer:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: Store,
         timeout_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

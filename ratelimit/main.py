@@ -31,7 +31,7 @@ async def run(cfg: Settings) -> None:
         raise SystemExit(2) from exc
     health = grpcserver.Health()  # its gRPC server's: /readyz answers from it
     metrics.serve(cfg.metrics_port, cfg.metrics_addr, health.serving)
-    redis = redis_client(cfg.redis_url, cfg.redis_timeout_s)
+    redis = redis_client(cfg.redis_url, cfg.redis_timeout_s, cfg.redis_cluster)
     readiness = Readiness(health, {"redis": redis_probe(redis)})
     await readiness.check()
     reloader = config.Reloader(static, cfg.ratelimit_config or None)

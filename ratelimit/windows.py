@@ -17,10 +17,10 @@ from enum import StrEnum
 from functools import lru_cache
 from importlib.resources import files
 
-import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from gateway import scriptmetrics
+from gateway.storage import Store
 from gateway.storeerrors import REDIS_ERRORS, StoreUnavailable
 
 _SCRIPT = (files("ratelimit") / "window.lua").read_text(encoding="utf-8")
@@ -71,9 +71,7 @@ def _script_args(
 
 
 class Windows:
-    def __init__(
-        self, redis: aioredis.Redis | RedisCluster, deadline_s: float, clock: Clock = None
-    ) -> None:
+    def __init__(self, redis: Store, deadline_s: float, clock: Clock = None) -> None:
         self._script = redis.register_script(_SCRIPT)
         self._per_slot = isinstance(redis, RedisCluster)
         self._deadline = deadline_s

@@ -22,6 +22,10 @@ def stack() -> Iterator[Stack]:
         redis_url=os.environ.get("REDIS_URL") or None,
         ollama_urls=[u for u in os.environ.get("OLLAMA_URL", "").split(",") if u],
         extra_env={"NZ_DISCOVERY_INTERVAL_S": "1"},
+        # NZ_TEST_PGBOUNCER=1: the services reach PostgreSQL through PgBouncer (transaction mode)
+        pgbouncer=os.environ.get("NZ_TEST_PGBOUNCER") == "1",
+        # NZ_TEST_REDIS=cluster: a Redis Cluster of 3 masters + 3 replicas instead of one Redis
+        redis_cluster=os.environ.get("NZ_TEST_REDIS") == "cluster",
     )
     running = Stack(config).start()
     try:

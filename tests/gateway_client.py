@@ -43,7 +43,9 @@ def beside(session: Stack, **config: Any) -> Iterator[Gateway]:
     in place of the session's settings; stopped at the end."""
     defaults = StackConfig(
         database_url=session.database_url,
+        pooler_url=session.pooler_url or None,  # the session's PgBouncer, if it has one
         redis_url=session.redis_url,
+        redis_cluster=session.config.redis_cluster,  # the session's Redis Cluster, if it has one
         ollama_urls=[] if config.get("mocks") else session.ollama_urls,
     )
     running = Stack(dataclasses.replace(defaults, **config)).start()

@@ -16,13 +16,12 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-import redis.asyncio as aioredis
-
 from authz.admin.records import KeyRecord, TenantRecord
 from authz.admin.sql import Connection
 from gateway import budgets, periods
 from gateway.budgets import Budget
 from gateway.periods import Period
+from gateway.storage import Store
 from gateway.storeerrors import REDIS_ERRORS
 
 PERIODS = (Period.DAILY, Period.MONTHLY, Period.TOTAL)
@@ -48,7 +47,7 @@ class Counters:
     """Where the numbers come from: Postgres always, Redis when available."""
 
     conn: Connection
-    redis: aioredis.Redis | None
+    redis: Store | None
     now: datetime
 
     async def usage(self, budget: Budget) -> tuple[int, int]:

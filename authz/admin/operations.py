@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 from argon2 import PasswordHasher
 
 from authz.admin import (
@@ -35,6 +34,7 @@ from authz.admin.sql import Connection
 from authz.admin.validation import check_text
 from gateway.backends import Backend
 from gateway.periods import Period
+from gateway.storage import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +65,7 @@ class Admin:
     hasher: PasswordHasher
     backends: tuple[Backend, ...]  # as configured (gateway.backends.configured)
     discovery: models.ModelSource | None = None
-    redis: aioredis.Redis | None = None  # live budget counters (authz's); None: the ledger
+    redis: Store | None = None  # live budget counters (authz's); None: the ledger
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
     # -- tenants ------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncpg
 import grpc
-import redis.asyncio as aioredis
 
 from authz.admin.auth import TokenCheck
 from authz.admin.interceptor import AdminInterceptor
@@ -16,6 +15,7 @@ from authz.admin.servicer import SERVICE_NAME, register
 from gateway import apikeys, grpcserver, logs
 from gateway.backends import Backend, from_urls
 from gateway.settings import Settings, is_loopback
+from gateway.storage import Store
 
 _log = logs.get("admin")
 
@@ -25,7 +25,7 @@ async def start(
     pool: asyncpg.Pool,
     *,
     discovery: ModelSource | None = None,
-    redis: aioredis.Redis | None = None,
+    redis: Store | None = None,
     backends: tuple[Backend, ...] | None = None,
 ) -> grpc.aio.Server:
     """``backends``: the configured ones (authz passes discovery's); without them (tests),

@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-import redis
 
 from gateway import budgets
 from gateway.periods import Period
 from tests.gateway_client import Caller, Gateway
 from tests.polling import poll
+from tests.redisclient import SyncRedis, sync_client
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "say hello to me"}]}
 PROMPT_WORDS = 4  # the mock counts words: "say hello to me"
@@ -60,8 +60,8 @@ def ledger_rows(gw: Gateway, who: Caller, count: int = 1, timeout_s: float = 10.
     )
 
 
-def redis_client(gw: Gateway) -> redis.Redis:
-    return redis.Redis.from_url(gw.stack.redis_url, decode_responses=True)
+def redis_client(gw: Gateway) -> SyncRedis:
+    return sync_client(gw.stack)
 
 
 def used(gw: Gateway, who: Caller, period: Period = Period.DAILY) -> int | None:

@@ -24,6 +24,7 @@ from gateway import budgets
 from gateway.periods import Period
 from tests.e2e.test_authz_support import CHAT, caller, chat, poll, rds
 from tests.gateway_client import Caller, Gateway
+from tests.redisclient import async_client
 
 TOO_MANY = {"error": "too many requests"}
 
@@ -225,9 +226,7 @@ def test_settle_is_idempotent_and_a_missing_reservation_is_a_no_op(gw: Gateway) 
     poll(lambda: client.zcard(reserved_key) == 1, timeout_s=5)
 
     async def settle_twice() -> None:
-        import redis.asyncio as aioredis
-
-        conn = aioredis.Redis.from_url(gw.stack.redis_url, decode_responses=True)
+        conn = async_client(gw.stack)
         try:
             await budgets.settle(conn, who.tenant_id, request_id, 7)
             await budgets.settle(conn, who.tenant_id, request_id, 7)

@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import redis
 
 from tests.gateway_client import Caller, Gateway
 from tests.polling import poll as poll  # the authz tests' poller, shared with all tests
+from tests.redisclient import SyncRedis, sync_client
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "say hello to me"}]}
 FORBIDDEN = {"error": "forbidden"}
@@ -34,5 +34,5 @@ def argon2_verifies(gw: Gateway) -> float:
     return gw.metric("authz", "authz_argon2_verifications_total")
 
 
-def rds(gw: Gateway) -> redis.Redis:
-    return redis.Redis.from_url(gw.stack.redis_url, decode_responses=True, socket_timeout=2)
+def rds(gw: Gateway) -> SyncRedis:
+    return sync_client(gw.stack, socket_timeout=2)

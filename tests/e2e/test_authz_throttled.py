@@ -12,12 +12,12 @@ import time
 from typing import Any
 
 import httpx
-import redis
 
 from authz.admin import keystore
 from gateway import throttlemap
 from tests.e2e.test_ratelimit import CHAT, OPENAI_CHAT
 from tests.gateway_client import Gateway
+from tests.redisclient import kill_subscribers, subscribers, sync_client
 
 # Just under Envoy's and authz's 1 MiB body limit: the most a client can make authz parse.
 BIG = "x" * 1_000_000
@@ -179,10 +179,10 @@ def test_a_dropped_subscription_forgets_and_the_rls_refuses_until_it_announces_a
     key = gw.key(tenant_id).full_key
     assert chat(gw, key).status_code == 200
     until_authz_refuses(gw, key, tenant)
-    r = redis.Redis.from_url(gw.stack.redis_url, decode_responses=True)
-    assert r.client_kill_filter(_type="pubsub") >= 1  # authz's subscription, cut by the server
+    r = sync_client(gw.stack)
+    assert kill_subscribers(r) >= 1  # authz's subscription, cut by the server
     deadline = time.monotonic() + 5
-    while dict(r.pubsub_numsub(throttlemap.CHANNEL)).get(throttlemap.CHANNEL, 0) < 1:
+    while subscribers(r, throttlemap.CHANNEL) < 1:
         assert time.monotonic() < deadline, "authz did not subscribe again"
         time.sleep(0.02)
     # Back, but it forgot what it heard before: the RLS refuses (and announces again).

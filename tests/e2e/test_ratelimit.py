@@ -19,7 +19,6 @@ import httpx2
 import ollama
 import openai
 import pytest
-import redis
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from envoy.type.v3 import ratelimit_unit_pb2
@@ -27,6 +26,7 @@ from envoy.type.v3 import ratelimit_unit_pb2
 from gateway.rls import Descriptor
 from ratelimit.decide import window_key
 from tests.gateway_client import Gateway
+from tests.redisclient import SyncRedis, sync_client
 
 CHAT = {
     "model": "llama3.2",
@@ -58,8 +58,8 @@ def limited_key(gw: Gateway, **tenant_limits: int) -> tuple[str, str, str]:
     return created.full_key, created.key_id, tenant_id
 
 
-def redis_client(gw: Gateway) -> redis.Redis:
-    return redis.Redis.from_url(gw.stack.redis_url, decode_responses=True)
+def redis_client(gw: Gateway) -> SyncRedis:
+    return sync_client(gw.stack)
 
 
 def test_requests_per_minute_per_key_then_429_with_retry_after(gw: Gateway) -> None:
@@ -218,7 +218,7 @@ def _tpm_window(key_id: str, tenant_id: str) -> str:
     return window_key("gateway", Descriptor(entries))
 
 
-def _wait_for_level(r: redis.Redis, window: str, deadline_s: float = 5.0) -> float:
+def _wait_for_level(r: SyncRedis, window: str, deadline_s: float = 5.0) -> float:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         level = r.hget(window, "l")
@@ -435,7 +435,7 @@ def test_a_request_refused_by_the_rls_gives_back_its_slot_and_reservation(gw: Ga
     assert refused.status_code == 429
     assert "x-ratelimit-limit-requests" in refused.headers  # the RLS's answer, not authz's
     assert free_gets_in()
-    client = redis.Redis.from_url(gw.stack.redis_url)
+    client = sync_client(gw.stack, decode_responses=False)
     deadline = time.monotonic() + 5
     while list(client.scan_iter(f"nz:{{{tenant_id}}}:rsv:*")) and time.monotonic() < deadline:
         time.sleep(0.05)
