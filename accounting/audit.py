@@ -220,6 +220,33 @@ def row_from_entry(entry: AccessEntry) -> AuditRow:
     )
 
 
+def row_from_orphan(started: datetime, outcome: Outcome) -> AuditRow:
+    """The row of a request whose pod died mid-stream (accounting/inflight.py, adopted by
+    another replica): what authz decided, charged as settled; Envoy's view (bytes, latency,
+    client address) died with the pod."""
+    info = outcome.info
+    found = endpoints.for_path(info.endpoint)
+    return AuditRow(
+        request_id=clip(info.request_id),
+        ts=started,
+        tenant_id=uuid_or_none(info.tenant_id),
+        key_prefix=_clip_or_none(info.key_prefix or None),
+        method="POST" if found is None else found.method,
+        endpoint=clip(info.endpoint, MAX_PATH_CHARS),
+        model=clip(info.model),
+        status=outcome.status,
+        tokens_in=outcome.counts.tokens_in,
+        tokens_out=outcome.counts.tokens_out,
+        tokens_estimated=outcome.counts.estimated,
+        latency_ms=None,
+        bytes_in=0,
+        bytes_out=0,
+        client_ip="",
+        response_flags="",
+        error=_clip_or_none(outcome.counts.error),
+    )
+
+
 # Envoy's response flags for a request the rate-limit filter refused (429) or could not check
 # (503): it stopped after ext_authz admitted it and before ext_proc or the backend saw it.
 _REFUSED_BY_RLS = frozenset({"RL", "RLSE"})

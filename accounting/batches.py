@@ -63,6 +63,7 @@ class Batcher(Generic[T]):
         self._eager = eager
         self._rows: deque[T] = deque()
         self._wake = asyncio.Event()
+        self._writing = asyncio.Lock()
         self.healthy = True  # the last write attempt succeeded
 
     def __len__(self) -> int:
@@ -92,12 +93,23 @@ class Batcher(Generic[T]):
         return batch
 
     async def flush_once(self, force: bool = False) -> int:
-        """Write one batch; returns the rows written (0 when nothing was ready)."""
+        """Write one batch; returns the rows written (0 when nothing was ready). One write at a
+        time: :meth:`drain` at shutdown waits for the write :meth:`run` has in flight, rather
+        than finding the buffer empty while that batch is neither written nor buffered."""
+        async with self._writing:
+            return await self._flush(force)
+
+    async def _flush(self, force: bool) -> int:
         batch = self._take(force)
         if not batch:
             return 0
         try:
             await self._write(batch)
+        except asyncio.CancelledError:
+            # Back in the buffer (to be drained or spooled): the writes are idempotent, a
+            # batch that did reach Postgres is not written twice.
+            self._rows.extendleft(reversed(batch))
+            raise
         except Exception as exc:
             self._rows.extendleft(reversed(batch))
             WRITE_ERRORS.labels(self.table).inc()
@@ -138,9 +150,12 @@ class Batcher(Generic[T]):
         up after ``attempts`` failed writes in a row (Postgres is down: spool instead)."""
         deadline = time.monotonic() + timeout_s
         failures = 0
-        while self._rows and time.monotonic() < deadline and failures < attempts:
+        while time.monotonic() < deadline and failures < attempts:
             try:
+                # Waits for a write in flight first: its batch is back here if it failed.
                 if await self.flush_once(force=True) == 0:
+                    if not self._rows:
+                        break
                     await asyncio.sleep(0.05)
                 failures = 0
             except Exception:

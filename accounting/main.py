@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from accounting.audit import AccessEntry, AuditRow, AuditRows
 from accounting.batches import Batcher
 from accounting.denials import DenialTally, unauthenticated
 from accounting.denymode import DenyMode
-from accounting.inflight import InFlight, instance_name
+from accounting.inflight import InFlight, Open, instance_name
 from accounting.ledger import LedgerRow
 from accounting.promptlog import PromptRow
 from accounting.recent import Recent
@@ -41,17 +42,22 @@ _DRAIN_S = 10.0
 _ACCESS_LOG_FLUSH_S = 1.0
 
 
-async def audit_maintenance(pool: asyncpg.Pool, cfg: Settings) -> None:
-    """The audit log's partitions (gateway/auditparts.py): at start, then every interval."""
+async def audit_maintenance(cfg: Settings) -> None:
+    """The audit log's partitions (gateway/auditparts.py): at start, then every interval. Its
+    advisory lock is a session's: each run has a connection of its own to PostgreSQL itself
+    (NZ_DATABASE_DIRECT_URL; a transaction pooler would unlock on another server connection)."""
     log = logs.get("accounting")
     while True:
         try:
-            async with pool.acquire() as conn:
+            conn = await asyncpg.connect(cfg.direct_database_url, timeout=5, command_timeout=5)
+            try:
                 done = await auditparts.maintain(
                     conn,
                     retention_days=cfg.audit_retention_days,
                     ahead_days=cfg.audit_partitions_ahead_days,
                 )
+            finally:
+                await conn.close()
             if done.created or done.dropped or done.purged_rows:
                 log.info(
                     "audit partitions maintained",
@@ -71,8 +77,8 @@ async def run(cfg: Settings) -> None:
     health = grpcserver.Health()  # its gRPC server's: /readyz answers from it
     metrics.serve(cfg.metrics_port, cfg.metrics_addr, health.serving)
     # min_size 0: accounting starts (and buffers) even while Postgres is down.
-    pool = await pg_pool(cfg.database_url, min_size=0, max_size=8)
-    redis = redis_client(cfg.redis_url, max(cfg.redis_timeout_s, 1.0))
+    pool = await pg_pool(cfg, min_size=0, max_size=8)
+    redis = redis_client(cfg.redis_url, max(cfg.redis_timeout_s, 1.0), cfg.redis_cluster)
     # Ready while Redis answers. Not tied to PostgreSQL: rows are buffered while it is down,
     # then deny mode refuses inference (docs/OPERATIONS.md, "Health"); NOT_SERVING on it would
     # make authz refuse inference at once. An unparsable URL never starts (gateway/settings.py).
@@ -152,6 +158,10 @@ async def run(cfg: Settings) -> None:
                 RequestInfo.from_metadata(entry.request_id, entry.metadata.get(AUTHZ_NAMESPACE, {}))
             )
 
+    def audit_adopted(entry: Open, outcome: Outcome) -> None:
+        started = datetime.fromtimestamp(entry.started, UTC)
+        audit_rows.add(audit.row_from_orphan(started, outcome))
+
     tasks = [
         asyncio.create_task(job, name=name)
         for name, job in (
@@ -160,13 +170,14 @@ async def run(cfg: Settings) -> None:
             ("tpm_debits", debits.run()),
             ("inflight", settler.snapshots()),
             ("recover", settler.recover()),
+            ("adopt", settler.adopt(audit_adopted)),
             ("ledger", ledger_rows.run()),
             ("audit", audit_rows.run()),
             ("prompt_log", prompt_rows.run()),
             ("deny_mode", deny.run()),
             ("sweeper", promptlog.sweeper(pool, cfg.prompt_log_sweep_interval_s)),
             ("denials", denials.run(audit_rows.add, cfg.audit_flush_interval_s)),
-            ("audit_partitions", audit_maintenance(pool, cfg)),
+            ("audit_partitions", audit_maintenance(cfg)),
             ("readiness", readiness.run()),
         )
     ]

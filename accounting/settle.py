@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-import redis.asyncio as aioredis
 from prometheus_client import Counter
 
 from accounting import inflight
@@ -29,6 +28,7 @@ from accounting.rlsdebit import TokenDebits
 from accounting.stream import Outcome, RequestInfo
 from gateway import budgets, leases, logs, slots
 from gateway.leases import Leases
+from gateway.storage import Store
 from gateway.storeerrors import REDIS_ERRORS
 
 TOKENS = Counter("accounting_tokens_total", "tokens accounted", ["tenant", "direction"])
@@ -43,7 +43,7 @@ _RETRY_FOR_S = 30.0
 class Settler:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: Store,
         ledger: Batcher[LedgerRow],
         prompts: Batcher[PromptRow],
         outcomes: Recent[Outcome],
@@ -91,6 +91,7 @@ class Settler:
         there were."""
         while True:
             try:
+                await self._inflight.snapshot()  # alive first: nobody adopts what it takes
                 orphans = await self._inflight.orphans()
                 break
             except REDIS_ERRORS as exc:
@@ -104,6 +105,26 @@ class Settler:
             )
             self.submit(outcome)
         return len(orphans)
+
+    async def adopt(self, audit: Callable[[inflight.Open, Outcome], None]) -> None:
+        """Every few seconds, take what dead accountings of other instances left open
+        (accounting/inflight.py): settle each request from its reservation, and hand it to
+        ``audit`` — its pod's Envoy is gone with it, no access-log entry will come."""
+        while True:
+            await asyncio.sleep(inflight.ADOPT_AFTER_S / 2)
+            try:
+                taken = await inflight.adopt(self._redis, self._inflight.instance)
+            except REDIS_ERRORS as exc:
+                _log.warning("adopting dead instances failed", error=type(exc).__name__)
+                continue
+            for instance, entries in taken.items():
+                _log.warning(
+                    "settling streams of a dead accounting", instance=instance, streams=len(entries)
+                )
+                for entry in entries:
+                    outcome = inflight.orphan_outcome(entry.info, inflight.ADOPTED)
+                    self.submit(outcome)
+                    audit(entry, outcome)
 
     async def snapshots(self) -> None:
         """Keep the in-flight snapshot in Redis current."""

@@ -4,14 +4,17 @@ for the next one of its instance (accounting/inflight.py)."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from accounting import inflight
 from accounting.inflight import InFlight, orphan_outcome
 from accounting.stream import RequestInfo
 from tests.gateway_client import Gateway
+from tests.redisclient import async_client
 
 META: dict[str, Any] = {
     "tenant": "acme",
@@ -31,9 +34,13 @@ def info(request_id: str) -> RequestInfo:
     return RequestInfo.from_metadata(request_id, META)
 
 
-def run(gw: Gateway, work: Any) -> Any:
+def run(gw: Gateway, work: Any, redis_url: str = "") -> Any:
     async def go() -> Any:
-        redis = aioredis.Redis.from_url(gw.stack.redis_url, decode_responses=True)
+        redis = (
+            aioredis.Redis.from_url(redis_url, decode_responses=True)
+            if redis_url
+            else async_client(gw.stack)
+        )
         try:
             return await work(redis, f"test-{uuid.uuid4()}")
         finally:
@@ -83,3 +90,38 @@ def test_an_orphan_is_charged_its_reservation() -> None:
     assert outcome.cut and counts.error == "accounting restarted mid-stream"
     unbudgeted = orphan_outcome(RequestInfo.from_metadata("r", {**META, "reserved": 0}))
     assert (unbudgeted.counts.tokens_in, unbudgeted.counts.tokens_out) == (50, 100)
+
+
+def test_a_silent_instance_s_snapshot_is_adopted_once_and_a_live_one_s_never(
+    gw: Gateway,
+) -> None:
+    # Beside the stack's own accountings, which adopt too: they must not take this one (a
+    # Redis Cluster has one database: there, only the millisecond between the heartbeat's end
+    # and the takers' call is left to them).
+    aside = "" if gw.stack.config.redis_cluster else gw.stack.redis_url.rsplit("/", 1)[0] + "/1"
+
+    async def work(redis: aioredis.Redis, instance: str) -> None:
+        dead, live = InFlight(redis, f"{instance}-dead"), InFlight(redis, f"{instance}-live")
+        before = time.time()
+        dead.add(info("d1"))
+        live.add(info("l1"))
+        await dead.snapshot()
+        await live.snapshot()
+        # The dead one has said nothing for longer than ADOPT_AFTER_S; the live one just spoke.
+        silent_since = time.time() - inflight.ADOPT_AFTER_S - 0.1
+        await redis.zadd(inflight.REGISTRY, {dead.instance: silent_since})
+        takers = await asyncio.gather(
+            inflight.adopt(redis, f"{instance}-a"), inflight.adopt(redis, f"{instance}-b")
+        )
+        found = [entries for taken in takers for entries in taken.get(dead.instance, [])]
+        assert [e.info for e in found] == [info("d1")]  # by exactly one of the two takers
+        assert before <= found[0].started <= time.time()
+        assert all(live.instance not in taken for taken in takers)
+        assert await redis.zscore(inflight.REGISTRY, dead.instance) is None
+        assert await redis.hlen(inflight.key(live.instance)) == 1
+        # Back from the dead: listed again, its (now empty) snapshot its own.
+        await dead.snapshot()
+        assert await redis.zscore(inflight.REGISTRY, dead.instance) is not None
+        assert await dead.orphans() == []
+
+    run(gw, work, aside)

@@ -108,6 +108,45 @@ class FakeBuffer:
         return self.size
 
 
+async def test_drain_at_shutdown_waits_for_the_batch_the_writer_has_in_flight() -> None:
+    release = asyncio.Event()
+    written: list[int] = []
+
+    async def slow(batch: list[int]) -> None:
+        await release.wait()  # a write that hangs (Postgres slow to answer)
+        written.extend(batch)
+
+    rows: Batcher[int] = Batcher(
+        "t", slow, capacity=10, overflow=0, batch_max=10, interval_s=0.01, eager=True
+    )
+    writer = asyncio.create_task(rows.run())
+    rows.add(1)
+    await asyncio.sleep(0.05)  # the writer has taken the row: the buffer looks empty
+    assert len(rows) == 0 and written == []
+    draining = asyncio.create_task(rows.drain(5.0))
+    await asyncio.sleep(0.05)
+    assert not draining.done()  # it waits for the write in flight instead of returning
+    release.set()
+    assert await draining is True
+    assert written == [1]
+    writer.cancel()
+
+
+async def test_a_cancelled_write_puts_its_batch_back() -> None:
+    async def hangs(batch: list[int]) -> None:
+        await asyncio.Event().wait()
+
+    rows: Batcher[int] = Batcher("t", hangs, capacity=10, overflow=0, batch_max=10, interval_s=1)
+    rows.add(7)
+    flushing = asyncio.create_task(rows.flush_once(force=True))
+    await asyncio.sleep(0.02)
+    assert len(rows) == 0
+    flushing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flushing
+    assert rows.take_all() == [7]  # to be spooled, not lost
+
+
 def test_deny_mode_on_when_full_off_below_half() -> None:
     buffer = FakeBuffer(9)
     deny = DenyMode(None, [buffer], ttl_s=5, interval_s=1)  # type: ignore[arg-type]

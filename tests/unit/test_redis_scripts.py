@@ -21,6 +21,7 @@ def test_no_python_module_carries_lua() -> None:
 def test_every_script_has_a_header_naming_keys_argv_and_its_answer() -> None:
     scripts = {str(p.relative_to(ROOT)) for p in _files("*.lua")}
     assert scripts == {
+        "accounting/lua/take.lua",
         "authz/lua/key_failure.lua",
         "authz/lua/key_revoke.lua",
         "authz/lua/key_store.lua",

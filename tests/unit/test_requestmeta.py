@@ -170,6 +170,7 @@ def test_without_a_prompt_estimate_the_reservation_beyond_the_cap_is_the_prompt(
 
 
 def test_an_open_request_survives_the_inflight_snapshot() -> None:
-    assert inflight.decode(inflight.encode(ADMITTED)) == ADMITTED
+    entry = inflight.Open(ADMITTED, started=1_796_000_000.25)
+    assert inflight.decode(inflight.encode(entry)) == entry
     assert inflight.decode("[1]") is None
     assert inflight.decode('{"request_id": "r", "nonsense": 1}') is None
