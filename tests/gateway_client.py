@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import httpx
@@ -14,7 +14,7 @@ from devstack.client import Caller, StackClient
 from devstack.processes import Proc
 from devstack.stack import Stack, StackConfig
 
-__all__ = ["Caller", "Gateway", "beside"]
+__all__ = ["Caller", "Gateway", "beside", "replicas"]
 
 
 class Gateway(StackClient):
@@ -53,3 +53,16 @@ def beside(session: Stack, **config: Any) -> Iterator[Gateway]:
         yield Gateway(running)
     finally:
         running.stop()
+
+
+@contextmanager
+def replicas(session: Stack, n: int, **config: Any) -> Iterator[list[Gateway]]:
+    """``n`` complete replicas — each its own Envoy, authz, ratelimit and accounting, as pods
+    are — sharing one PostgreSQL (the session's) and one Redis: the first one's, which it
+    starts when ``config`` says so (``redis_url=None, redis_cluster=True``: a Redis Cluster of
+    its own), else the session's. Stopped at the end, the last first."""
+    with ExitStack() as started:
+        first = started.enter_context(beside(session, **config))
+        shared = {k: v for k, v in config.items() if k not in ("redis_url", "redis_cluster")}
+        rest = [started.enter_context(beside(first.stack, **shared)) for _ in range(n - 1)]
+        yield [first, *rest]

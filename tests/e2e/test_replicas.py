@@ -27,7 +27,7 @@ from gateway.periods import Period
 from tests.e2e.test_accounting_budgets import smallest_reservation
 from tests.e2e.test_accounting_helpers import CHAT, used
 from tests.e2e.test_admin import Grpcurl
-from tests.gateway_client import Caller, Gateway, beside
+from tests.gateway_client import Caller, Gateway, beside, replicas
 from tests.polling import poll
 from tests.redisclient import sync_client
 
@@ -43,7 +43,7 @@ def pair(stack: Stack) -> Iterator[tuple[Gateway, Gateway]]:
     """Replica a and replica b on one Redis Cluster (3 masters + 3 replicas, started by a) and
     one PostgreSQL (the session's)."""
     cluster = {"redis_url": None, "redis_cluster": True}
-    with beside(stack, **REPLICA, **cluster) as a, beside(a.stack, **REPLICA) as b:
+    with replicas(stack, 2, **REPLICA, **cluster) as (a, b):
         probe = a.caller()
         for gw in (a, b):  # each has discovered the models
 
