@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import ollama
@@ -79,6 +80,7 @@ def main() -> None:
         fail(f"state file pids {state['pids']} are not children of scripts/dev", log)
     try:
         chat(state)
+        pages(state)
         paste_try_it(log.read_text(), work)
     except Exception as exc:  # any failure fails the smoke test, with the log
         dev.send_signal(signal.SIGINT)
@@ -112,6 +114,25 @@ def chat(state: dict[str, object]) -> None:
     if not parts or parts[-1].done is not True or not parts[-1].eval_count or not text:
         raise AssertionError(f"not a whole streamed answer: {parts[-1:]}")
     print(f"smoke: streamed chat OK ({len(parts)} frames, {parts[-1].eval_count} tokens)")
+
+
+def pages(state: dict[str, object]) -> None:
+    """The banner's playground (Envoy's, on the public listener) and operator console (authz's,
+    on loopback) answer with their pages and their Content-Security-Policy."""
+    for name in ("playground", "console"):
+        with urllib.request.urlopen(str(state[name]), timeout=10) as resp:  # noqa: S310
+            body = resp.read().decode()
+            csp = resp.headers.get("content-security-policy", "")
+            kind = resp.headers.get("content-type", "")
+        if (
+            resp.status != 200
+            or not kind.startswith("text/html")
+            or "default-src 'none'" not in csp
+        ):
+            raise AssertionError(f"{name}: {resp.status} {kind!r} csp={csp!r}")
+        if "<html" not in body.lower():
+            raise AssertionError(f"{name}: not a page: {body[:200]!r}")
+    print("smoke: the playground and the console answer with their pages")
 
 
 def paste_try_it(banner: str, work: Path) -> None:

@@ -100,4 +100,13 @@ async def run(cfg: Settings) -> None:
     admin_server = await admin.start(
         cfg, pool, discovery=discovery, redis=redis, backends=configured
     )
-    await grpcserver.serve_until_signalled([grpc_server, admin_server], on_stop=stop)
+    from authz.console import server as console  # the operator console, on console_listen
+
+    page = await console.start(cfg)  # None: NZ_CONSOLE_LISTEN is "" (off)
+
+    async def stop_all() -> None:
+        if page is not None:
+            await page.close()
+        await stop()
+
+    await grpcserver.serve_until_signalled([grpc_server, admin_server], on_stop=stop_all)

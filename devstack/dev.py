@@ -59,9 +59,11 @@ def _banner(stack: Stack, key: str) -> str:
 neuronetz-gateway is up.
 
   listener     {url}
+  playground   {url}/playground   (paste the demo key)
   demo key     {key}
   admin API    127.0.0.1:{stack.ports["admin"]}
   admin token  {stack.admin_token}
+  console      {stack.console_url}   (the admin token; usage, budgets, keys, backends)
   postgres     {stack.database_url}
   redis        {stack.redis_url}
   ollama       {", ".join(stack.ollama_urls)}
@@ -95,6 +97,7 @@ def run_dev(args: argparse.Namespace) -> int:
         listener_addr="0.0.0.0" if as_pod else "127.0.0.1",
         supervise_envoy=as_pod,
         log_level="info",
+        playground=True,  # the API playground at /playground (docs/PLAYGROUND.md)
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -104,9 +107,11 @@ def run_dev(args: argparse.Namespace) -> int:
         key = _demo_key(f"127.0.0.1:{stack.ports['admin']}", stack.admin_token)
         state: dict[str, Any] = {
             "listener": stack.listener,
+            "playground": f"{stack.listener}/playground",
             "demo_key": key,
             "admin": f"127.0.0.1:{stack.ports['admin']}",
             "admin_token": stack.admin_token,
+            "console": stack.console_url,
             "database_url": stack.database_url,
             "redis_url": stack.redis_url,
             "ollama_url": stack.ollama_urls[0],

@@ -86,6 +86,9 @@ class StackConfig:
     pgbouncer: bool = False
     # A transaction pooler already in front of database_url (another stack's PgBouncer)
     pooler_url: str | None = None
+    # The API playground at /playground, served by Envoy itself (docs/PLAYGROUND.md); off as
+    # shipped
+    playground: bool = False
 
 
 @dataclass
@@ -371,7 +374,7 @@ class Stack:
         if any(name.split(":")[0] == MOCK_PROC for name in self.procs):
             # The mock's test knobs ride in Ollama's options: let authz pass them.
             env["NZ_INERT_OPTIONS"] = "mock_frame_delay_ms,mock_error_after,mock_omit_counts"
-        for name in ("authz", "ratelimit", "accounting", "admin"):
+        for name in ("authz", "ratelimit", "accounting", "admin", "console"):
             if name in self.ports:
                 env[f"NZ_{name.upper()}_LISTEN"] = f"127.0.0.1:{self.ports[name]}"
         env.update(self.config.extra_env)
@@ -382,6 +385,7 @@ class Stack:
         self.ports[f"{name}_metrics"] = free_port()
         if name == "authz":
             self.ports["admin"] = free_port()
+            self.ports["console"] = free_port()  # the operator console (authz/console/)
 
     def pooled_env(self) -> dict[str, str]:
         """What the services are told of PgBouncer, when the stack has one: it as their database,
@@ -402,6 +406,11 @@ class Stack:
         self._proc(
             name, python_module("neuronetz_gateway", name), self.ports[name], env=env
         ).start()
+
+    @property
+    def console_url(self) -> str:
+        """The operator console's page (authz serves it beside the admin API, on loopback)."""
+        return f"http://127.0.0.1:{self.ports['console']}/console/"
 
     def metrics_url(self, service: str) -> str:
         """The service's Prometheus endpoint (tests read counters from it)."""
@@ -424,6 +433,10 @@ class Stack:
         if self.config.otlp_endpoint:
             host, _, port = self.config.otlp_endpoint.rpartition(":")
             envoyconf.trace_to(config, host.strip("[]"), int(port))
+        if self.config.playground:
+            from gateway.playground import envoyroute
+
+            envoyroute.enable(config)
         return config
 
     def _start_envoy(self) -> None:

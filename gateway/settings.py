@@ -50,6 +50,9 @@ class Settings(BaseModel):
     ratelimit_listen: str = "127.0.0.1:9002"
     accounting_listen: str = "127.0.0.1:9003"
     admin_listen: str = "127.0.0.1:9004"
+    # The operator console (authz/console/, docs/PLAYGROUND.md): a read-only page over the admin
+    # API, served by authz on this address (e.g. 127.0.0.1:9005; keep it loopback). "": off.
+    console_listen: str = ""
     metrics_port: int = 0  # 0: no Prometheus endpoint (nor /livez, /readyz)
     metrics_addr: str = "127.0.0.1"  # Kubernetes: 0.0.0.0, where the kubelet's probes reach
 
@@ -189,6 +192,7 @@ class Settings(BaseModel):
         "ratelimit_listen",
         "accounting_listen",
         "admin_listen",
+        "console_listen",
         "ratelimit_target",
         "accounting_target",
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DRAIN_TIMEOUT_S,
         help=f"stop Envoy this long after SIGTERM at the latest (default {DRAIN_TIMEOUT_S:g} s)",
+    )
+    parser.add_argument(
+        "--playground",
+        action="store_true",
+        help="serve the API playground at /playground: Envoy runs a copy of its -c config with "
+        "the playground's routes, written to a temporary directory (docs/PLAYGROUND.md)",
     )
     parser.add_argument(
         "envoy_args",
@@ -99,6 +106,34 @@ def envoy_arguments(args: Sequence[str]) -> tuple[list[str], int]:
     except ValueError:
         raise SetupError(f"--drain-time-s {drain_time[-1]!r} is not a number") from None
     return out, seconds
+
+
+def with_playground(args: Sequence[str], directory: Path) -> list[str]:
+    """Envoy's arguments with its config file (the last ``-c``/``--config-path``) replaced by
+    a copy in ``directory`` that serves the playground (gateway/playground/envoyroute.py)."""
+    import yaml
+
+    from gateway.playground import envoyroute
+
+    out = list(args)
+    for i in reversed(range(len(out))):
+        arg = out[i]
+        if arg in ("-c", "--config-path") and i + 1 < len(out):
+            source, index, prefix = out[i + 1], i + 1, ""
+        elif arg.startswith("--config-path="):
+            source, index, prefix = arg.split("=", 1)[1], i, "--config-path="
+        else:
+            continue
+        try:
+            config = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
+            envoyroute.enable(config)
+        except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+            raise SetupError(f"cannot serve the playground from {source}: {exc}") from None
+        target = directory / "envoy-playground.yaml"
+        target.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        out[index] = prefix + str(target)
+        return out
+    raise SetupError("--playground needs Envoy's config as a file: -- -c /etc/envoy/envoy.yaml")
 
 
 def _admin_url(address: dict[str, Any]) -> str | None:
@@ -165,8 +200,12 @@ def run_parsed(args: argparse.Namespace) -> int:
     cfg = load_settings()
     logs.configure("envoy", cfg.log_level)
     log = logs.get("envoy")
+    rendered: tempfile.TemporaryDirectory[str] | None = None  # --playground's copy of the config
     try:
         envoy_args, listener_drain_s = envoy_arguments(args.envoy_args)
+        if args.playground:
+            rendered = tempfile.TemporaryDirectory(prefix="nz-envoy-")
+            envoy_args = with_playground(envoy_args, Path(rendered.name))
         admin = args.admin or admin_from_args(envoy_args)
         binary = find_envoy()
         if binary is None:
@@ -181,4 +220,8 @@ def run_parsed(args: argparse.Namespace) -> int:
         )
         return await supervisor.run(args.probe_addr or cfg.metrics_addr, args.probe_port)
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    finally:
+        if rendered is not None:
+            rendered.cleanup()
