@@ -55,6 +55,10 @@ def redis_probe(redis: Store) -> Probe:
 
     async def probe() -> object:
         if isinstance(redis, RedisCluster):
+            # A client that has sent nothing yet knows no node: read the slot map first (once;
+            # a client that has, returns at once). Without it a service whose probe is its
+            # first command — the RLS at start — was never ready.
+            await redis.initialize()
             primaries: list[ClusterNode] = redis.get_primaries()
             answers = await asyncio.gather(
                 *(redis.ping(target_nodes=node) for node in primaries), return_exceptions=True

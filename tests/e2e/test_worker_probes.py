@@ -44,7 +44,8 @@ def ratelimit(stack: Stack) -> Iterator[Supervised]:
         "NZ_WORKERS": "2",
         "NZ_RATELIMIT_LISTEN": f"127.0.0.1:{free_port()}",
         "NZ_METRICS_PORT": str(metrics_port),
-        "NZ_REDIS_URL": stack.redis_url,  # ready only while it answers (gateway/readiness.py)
+        # The stack's Redis (or Redis Cluster): ready only while it answers (gateway/readiness.py)
+        **{k: v for k, v in stack.service_env().items() if k.startswith("NZ_REDIS")},
         "NZ_LOG_LEVEL": "warning",
     }
     proc = subprocess.Popen(

@@ -320,6 +320,19 @@ def _slots_only(tenant_id: str) -> Principal:
     )
 
 
+async def test_a_new_client_s_first_command_may_be_the_readiness_probe(
+    local_cluster: LocalCluster,
+) -> None:
+    # The RLS's first Redis command at start is its readiness probe: it must find the masters.
+    client = redis_client(local_cluster.seed_url, 2.0, cluster=True)
+    try:
+        assert client.get_primaries() == []  # nothing sent yet: no node known
+        assert await readiness.redis_probe(client)() is True
+        assert len(client.get_primaries()) == 3
+    finally:
+        await client.aclose()
+
+
 async def test_a_dead_master_fails_its_slots_closed_and_its_promoted_replica_serves_them(
     local_cluster: LocalCluster, no_postgres: asyncpg.Pool
 ) -> None:
