@@ -6,11 +6,14 @@ atomically and under the tenant's hash tag: checks that every configured budget 
 monthly / total, key and tenant) has tokens left, takes a slot in the key's and the tenant's
 concurrency sets, and reserves an upper bound of the request's tokens on every budget counter
 (layouts in ``gateway/budgets.py`` and ``gateway/slots.py``). A *used* counter missing from
-Redis is rebuilt from the Postgres ledger first.
+Redis is rebuilt from the Postgres ledger first — once per counter, however many requests find it
+missing at the same moment (after a Redis restart or failover every request of a busy tenant
+does: one ledger query serves them all).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -94,6 +97,7 @@ class Admitter:
         self._db = db
         self._leases = leases or Leases()
         self._sha = ""
+        self._rebuilding: dict[str, asyncio.Future[int]] = {}  # used counter → its rebuild
 
     async def load(self) -> None:
         self._sha = await self._redis.script_load(budgets.ADMIT)
@@ -125,10 +129,22 @@ class Admitter:
                 return result
             try:
                 for index in result:
-                    await budgets.rebuild(self._redis, self._db, found[index - 1], now)
+                    await self._rebuild(found[index - 1], now)
             except STORE_ERRORS as exc:
                 raise StoreUnavailable from exc
         raise StoreUnavailable("budget counters could not be rebuilt")
+
+    async def _rebuild(self, budget: Budget, now: datetime) -> int:
+        """:func:`gateway.budgets.rebuild`, shared by every request waiting for the same counter
+        (its outcome, or its error, is theirs)."""
+        name = budget.used_key(now)
+        pending = self._rebuilding.get(name)
+        if pending is None:
+            pending = asyncio.ensure_future(budgets.rebuild(self._redis, self._db, budget, now))
+            self._rebuilding[name] = pending
+            pending.add_done_callback(lambda _: self._rebuilding.pop(name, None))
+        # One waiter cancelled (its client went away) does not cancel the others' rebuild.
+        return await asyncio.shield(pending)
 
     async def _run(
         self,

@@ -138,3 +138,35 @@ async def test_an_expired_reservation_is_read_as_admission_counts_it_and_renewal
     reading = await budgets.read(redis, budget, datetime.now(UTC), time.time())
     assert reading == budgets.Reading(0, 300)
     assert check.remaining == 1000 - 0 - 300
+
+
+class SlowLedger:
+    """The ledger as PostgreSQL answers it, slowly: how many times it was summed."""
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+        self.sums = 0
+
+    async def fetchval(self, sql: str, *args: object) -> int:
+        assert "gateway.budget_ledger" in sql
+        self.sums += 1
+        await asyncio.sleep(0.2)
+        return self.tokens
+
+
+async def test_requests_that_find_a_counter_missing_at_once_rebuild_it_once(
+    redis: aioredis.Redis,
+) -> None:
+    who = _principal(daily=1000)
+    ledger = SlowLedger(400)
+    admitter = Admitter(redis, ledger)  # type: ignore[arg-type]
+    # 32 requests of one tenant arrive while its counter is missing (Redis restarted).
+    answers = await asyncio.gather(
+        *(admitter.admit(who, f"r{i}", 10, take=False) for i in range(32))
+    )
+    assert ledger.sums == 1
+    assert {(a.outcome, a.remaining) for a in answers} == {(Outcome.OK, 600)}
+    # Done: the next missing counter is summed again (nothing cached beside Redis).
+    await redis.flushdb()
+    await admitter.admit(who, "r-late", 10, take=False)
+    assert ledger.sums == 2
