@@ -193,18 +193,31 @@ def test_help_and_generated_admin_stubs_work_from_root(installed: Installed) -> 
 
 
 def test_the_wheel_carries_the_redis_scripts(installed: Installed) -> None:
-    """The Lua scripts are package data: the budget store's, the key cache's and the RLS
-    window's."""
+    """The Lua scripts are package data: the budget store's, the key cache's, accounting's
+    in-flight take and the RLS window's."""
     listed = installed.python(
         "from importlib.resources import files; import gateway.budgets, gateway.leases;"
-        " import authz.keys;"
+        " import authz.keys, accounting.inflight;"
         " print(*sorted(p.name for p in (files('gateway') / 'lua').iterdir()),"
         " *sorted(p.name for p in (files('authz') / 'lua').iterdir()),"
+        " *sorted(p.name for p in (files('accounting') / 'lua').iterdir()),"
         " (files('ratelimit') / 'window.lua').name)"
     )
     assert listed == (
-        "admit.lua renew.lua settle.lua key_failure.lua key_revoke.lua key_store.lua window.lua"
+        "admit.lua renew.lua settle.lua key_failure.lua key_revoke.lua key_store.lua take.lua"
+        " window.lua"
     )
+
+
+def test_the_wheel_carries_the_playground_and_the_console_pages(installed: Installed) -> None:
+    """Both pages are package data, with the Content-Security-Policy that lets each run."""
+    found = installed.python(
+        "from gateway import pagecsp; from gateway.playground import page;"
+        " from authz.console import server;"
+        " print(pagecsp.csp(page.read()).startswith(\"default-src 'none'\"),"
+        " len(page.catalogue(page.read())) > 10, '<html' in server.page().lower())"
+    )
+    assert found == "True True True"
 
 
 def test_the_services_and_the_cli_never_import_the_local_stack(installed: Installed) -> None:
