@@ -15,7 +15,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from bench.run import BENCH_TENANT, CHAT, load, percentile, raw_envoy_config, start_envoy
+from bench.run import BENCH_TENANT, CHAT, Row, load, raw_envoy_config, start_envoy
 from bench.streams import CpuMeter
 from devstack.client import Caller, StackClient
 from devstack.processes import Proc
@@ -24,13 +24,7 @@ from devstack.stack import SERVICES, Stack, StackConfig
 
 @dataclass
 class ReplicaRow:
-    target: str
-    concurrency: int
-    requests: int
-    errors: int
-    rps: float
-    p50_ms: float
-    p99_ms: float
+    load: Row  # throughput and latency, as bench/run.py measures them
     # failed requests by "status reason flags" (audit log; raw Envoy audits nothing)
     failed: dict[str, int] = field(default_factory=dict)
     pg_connections: int = 0  # to the gateway database, after the load
@@ -132,13 +126,7 @@ def measure(
         kind = name.split("#")[0]
         cpu[kind] = cpu.get(kind, 0.0) + (after[name] - before[name]) * 1000 / done
     return ReplicaRow(
-        target,
-        concurrency,
-        len(latencies),
-        errors,
-        len(latencies) / seconds,
-        percentile(latencies, 0.5) * 1000,
-        percentile(latencies, 0.99) * 1000,
+        Row.measured(target, "replicas", concurrency, latencies, errors, seconds),
         _failed(gw, caller) if audited and errors else {},
         pg_connections(gw),
         xacts / done,
@@ -197,22 +185,23 @@ def report(rows: list[ReplicaRow]) -> None:
     for r in rows:
         failed = ", ".join(f"{k}: {v}" for k, v in r.failed.items())
         print(
-            f"{r.target:<12} {r.concurrency:>4} {r.requests:>7} {r.errors:>4} {r.rps:>7.0f} "
-            f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f}  {failed}"
+            f"{r.load.target:<12} {r.load.concurrency:>4} {r.load.requests:>7} "
+            f"{r.load.errors:>4} {r.load.rps:>7.0f} {r.load.p50_ms:>8.2f} {r.load.p99_ms:>8.2f}"
+            f"  {failed}"
         )
     print(
         "PostgreSQL write transactions per request: "
-        + ", ".join(f"{r.target} {r.pg_write_xacts_per_request:.3f}" for r in rows[1:])
+        + ", ".join(f"{r.load.target} {r.pg_write_xacts_per_request:.3f}" for r in rows[1:])
     )
     print(
         "PostgreSQL connections after the load: "
-        + ", ".join(f"{r.target} {r.pg_connections}" for r in rows)
+        + ", ".join(f"{r.load.target} {r.pg_connections}" for r in rows)
     )
     print("CPU ms per request by process (a kind's processes summed over the replicas):")
     for r in rows:
         total = sum(v for k, v in r.cpu_ms_per_request.items() if k != "client")
         parts = ", ".join(f"{k} {v:.2f}" for k, v in r.cpu_ms_per_request.items())
-        print(f"  {r.target:<12} {parts} | all but the client {total:.2f}")
+        print(f"  {r.load.target:<12} {parts} | all but the client {total:.2f}")
     base = rows[0]
     for r in rows[1:]:
-        print(f"  {r.target} / raw envoy throughput: x{r.rps / base.rps:.3f}")
+        print(f"  {r.load.target} / raw envoy throughput: x{r.load.rps / base.load.rps:.3f}")
