@@ -6,14 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.test_admin import Grpcurl
+from tests.e2e.test_admin import Grpcurl, admin_of
 from tests.gateway_client import Gateway
 
 
 @pytest.fixture(scope="module")
 def admin(gw: Gateway) -> Iterator[Grpcurl]:
-    client = Grpcurl(f"127.0.0.1:{gw.stack.ports['admin']}", gw.stack.admin_token)
-    try:
+    with admin_of(gw) as client:
         yield client
-    finally:
-        client.channel.close()

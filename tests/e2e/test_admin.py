@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -61,6 +63,16 @@ class Grpcurl:
     def raw(self, method: str, body: dict[str, Any] | None = None) -> str:
         """The response exactly as grpcurl would print it (JSON text)."""
         return json.dumps(self.call(method, body))
+
+
+@contextmanager
+def admin_of(gw: Gateway) -> Iterator[Grpcurl]:
+    """grpcurl at ``gw``'s admin API with its operator token; the channel closed at the end."""
+    client = Grpcurl(f"127.0.0.1:{gw.stack.ports['admin']}", gw.stack.admin_token)
+    try:
+        yield client
+    finally:
+        client.channel.close()
 
 
 def tenant_name() -> str:

@@ -35,7 +35,7 @@ from tests.e2e.test_accounting_helpers import (
     until,
     used,
 )
-from tests.e2e.test_admin import Grpcurl
+from tests.e2e.test_admin import Grpcurl, admin_of
 from tests.gateway_client import Gateway, beside
 from tests.polling import poll
 
@@ -57,11 +57,8 @@ def bouncer(pooled: Gateway) -> PgBouncer:
 
 @pytest.fixture(scope="module")
 def admin(pooled: Gateway) -> Iterator[Grpcurl]:
-    client = Grpcurl(f"127.0.0.1:{pooled.stack.ports['admin']}", pooled.stack.admin_token)
-    try:
+    with admin_of(pooled) as client:
         yield client
-    finally:
-        client.channel.close()
 
 
 def chat(gw: Gateway, key: str, **extra: Any) -> httpx.Response:

@@ -26,7 +26,7 @@ from devstack.stack import Stack
 from gateway.periods import Period
 from tests.e2e.test_accounting_budgets import smallest_reservation
 from tests.e2e.test_accounting_helpers import CHAT, used
-from tests.e2e.test_admin import Grpcurl
+from tests.e2e.test_admin import admin_of
 from tests.gateway_client import Caller, Gateway, beside, replicas
 from tests.polling import poll
 from tests.redisclient import sync_client
@@ -151,8 +151,7 @@ def test_revocation_and_disabling_reach_both_replicas_within_a_second(
     pair: tuple[Gateway, Gateway],
 ) -> None:
     a, b = pair
-    admin = Grpcurl(f"127.0.0.1:{a.stack.ports['admin']}", a.stack.admin_token)
-    try:
+    with admin_of(a) as admin:
         revoked, disabled = a.caller(), a.caller()
         for gw in pair:  # cached by both replicas
             assert chat(gw, revoked).status_code == 200
@@ -171,8 +170,6 @@ def test_revocation_and_disabling_reach_both_replicas_within_a_second(
         assert elapsed <= 1.0, f"took {elapsed:.3f} s"
         assert chat(b, revoked).status_code == 401
         assert chat(a, disabled).status_code == 401
-    finally:
-        admin.channel.close()
 
 
 def test_discovery_is_shared(pair: tuple[Gateway, Gateway]) -> None:

@@ -23,7 +23,7 @@ from accounting import inflight
 from authz import keys as keycache
 from authz.admission import Admitter, Outcome
 from authz.keys import KeyStore
-from authz.principal import Limits, Principal
+from authz.principal import Principal
 from authz.throttle import Subscriber, Throttles
 from devstack.rediscluster import LocalCluster, keyslot
 from gateway import budgets, leases, poolmetrics, readiness, slots
@@ -38,8 +38,7 @@ from gateway.storeerrors import StoreUnavailable
 from gateway.throttlemap import CHANNEL
 from ratelimit.decide import window_key
 from ratelimit.windows import Hit, Mode, Windows
-
-NO_LIMITS = Limits(None, None, None, None, None, None)
+from tests.unit.test_authz_policy import NO_LIMITS, principal
 
 
 @pytest.fixture(scope="module")
@@ -73,24 +72,12 @@ async def _one_slot(client: RedisCluster, keys: list[str]) -> int:
 
 
 def _principal(tenant_id: str = "") -> Principal:
-    return Principal(
+    return principal(
         key_id=str(uuid.uuid4()),
-        prefix="abcdefghijkl",
-        key_hash="$argon2id$x",
-        active=True,
-        expires_at=None,
-        scopes=frozenset({"chat"}),
         tenant_id=tenant_id or str(uuid.uuid4()),
-        tenant="acme",
         allow_all=True,
-        allowed_models=frozenset(),
-        allow_cloud=False,
-        prompt_log=False,
         key_limits=replace(NO_LIMITS, budget_daily=5000, max_concurrent=2),
         tenant_limits=replace(NO_LIMITS, budget_daily=1000, max_concurrent=3),
-        default_max_tokens=1024,
-        keep_alive_min_s=60,
-        keep_alive_max_s=1800,
     )
 
 
