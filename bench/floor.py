@@ -126,17 +126,14 @@ class _AccessLog(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
         return als_pb2.StreamAccessLogsResponse()
 
 
-async def _serve(kind: str, port: int, answer_file: Path) -> None:
+async def _serve(kind: str, port: int, answer: bytes, tails: Path) -> None:
     server = grpc.aio.server()
     if kind == "authz":
-        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-            _Authz(answer_file.read_bytes()), server
-        )
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(_Authz(answer), server)
     elif kind == "ratelimit":
         rls_pb2_grpc.add_RateLimitServiceServicer_to_server(_RateLimit(), server)
     else:
         ep_grpc.add_ExternalProcessorServicer_to_server(_ExtProc(), server)
-        tails = Path(answer_file).with_name("floor-tail.txt")
         als_pb2_grpc.add_AccessLogServiceServicer_to_server(_AccessLog(tails), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -250,7 +247,9 @@ end
 
 def main() -> None:
     if len(sys.argv) == 5 and sys.argv[1] == "serve":
-        uvloop.run(_serve(sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])))
+        answer_file = Path(sys.argv[4])
+        tails = answer_file.with_name("floor-tail.txt")
+        uvloop.run(_serve(sys.argv[2], int(sys.argv[3]), answer_file.read_bytes(), tails))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
