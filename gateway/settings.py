@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 
+from gateway import backends
 from gateway.workers import machine_cpus
 
 
@@ -182,9 +183,12 @@ class Settings(BaseModel):
 
     @field_validator("ollama_urls")
     @classmethod
-    def _http_urls(cls, value: list[str]) -> list[str]:
-        for url in value:
-            _url(url, ("http", "https"), "http://host:11434")
+    def _backend_urls(cls, value: list[str]) -> list[str]:
+        # The backends' one rule (gateway/backends.py): scheme://host[:port], nothing else.
+        try:
+            backends.from_urls(value)
+        except backends.BackendsError as exc:
+            raise ValueError(f"{exc} (e.g. http://host:11434)") from None
         return value
 
     @field_validator(

@@ -11,10 +11,11 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import uvloop
 
-from gateway import workers
+from gateway import backends, workers
 from gateway.envoyguard import command as envoy_check
 from gateway.services import SERVICE_MODULES
 from gateway.settings import (
@@ -127,6 +128,12 @@ def _config_check(_args: argparse.Namespace) -> int:
     found = inspect_environment()
     problems = [*found.problems]
     problems += [f"{var}: unknown variable, ignored" for var in unknown_variables()]
+    if found.settings.backends_file and "NZ_BACKENDS_FILE" not in found.invalid:
+        # Read as authz reads it at start (its header secrets too): authz is the one reader.
+        try:
+            backends.load_file(Path(found.settings.backends_file))
+        except backends.BackendsError as exc:
+            problems.append(f"NZ_BACKENDS_FILE: {exc}")
     for var, value in redacted(found.settings).items():
         print(f"{var}={'(invalid: see below)' if var in found.invalid else value}")
     for line in problems:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -164,3 +165,45 @@ def test_a_store_unreachable_at_start_is_one_line_not_a_traceback() -> None:
         "neuronetz-gateway authz: cannot run: ConnectionRefusedError"
     )
     assert "Traceback" not in result.stderr and "s3cret" not in result.stderr
+
+
+def test_a_backend_url_with_a_path_is_refused_by_the_backends_rule() -> None:
+    # Every service reads NZ_OLLAMA_URLS with authz's rule (gateway/backends.py): a path would
+    # be dropped by Envoy's cluster, so it is refused where it is set, naming the backend.
+    with pytest.raises(SettingsError) as err:
+        load_settings({"NZ_OLLAMA_URLS": "http://gpu:11434,http://cpu:11434/api"})
+    assert err.value.problems == [
+        "NZ_OLLAMA_URLS: backend 'ollama-2': url must be scheme://host[:port] only"
+        " (e.g. http://host:11434) (got 'http://gpu:11434,http://cpu:11434/api')"
+    ]
+    assert load_settings({"NZ_OLLAMA_URLS": "http://gpu:11434/"}).ollama_urls == [
+        "http://gpu:11434"
+    ]
+
+
+def test_config_check_reads_the_backends_file_as_authz_will(
+    clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    clean_env.setenv("NZ_ADMIN_TOKEN", "tok-123")
+    backends = tmp_path / "backends.yaml"
+    backends.write_text(
+        "backends:\n"
+        "- name: cloud\n"
+        "  url: https://ollama.example\n"
+        "  headers:\n"
+        f"    authorization: {{ file: {tmp_path}/missing-secret }}\n"
+    )
+    clean_env.setenv("NZ_BACKENDS_FILE", str(backends))
+    assert main(["config", "check"]) == 1
+    _, err = capsys.readouterr()
+    assert err.splitlines() == [
+        "problem: NZ_BACKENDS_FILE: backend 'cloud' header 'authorization': file"
+        f" {tmp_path}/missing-secret: No such file or directory",
+        "1 problem(s)",
+    ]
+
+    (tmp_path / "missing-secret").write_text("Bearer cloud-secret-value\n")
+    assert main(["config", "check"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "ok: no problems\n"
+    assert "cloud-secret-value" not in out + err
