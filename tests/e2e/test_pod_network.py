@@ -5,8 +5,9 @@ settings the manifests give (``NZ_METRICS_ADDR=0.0.0.0``; Envoy's listener on 0.
 envoy/envoy.yaml, Envoy under ``neuronetz-gateway envoy run`` as its image runs it). From the
 host side: every service's ``/readyz`` and ``/livez`` and Envoy's probe port answer 200 on the
 pod IP, Envoy's listener answers (the gateway's 401 without a key), and nothing else is
-reachable: the gRPC ports (authz, ratelimit, accounting, admin), Envoy's admin, PostgreSQL,
-Redis and the mock Ollama refuse the connection.
+reachable: the gRPC ports (authz, ratelimit, accounting, admin), the operator console (on, as
+the dev stack runs it), Envoy's admin, PostgreSQL, Redis and the mock Ollama refuse the
+connection.
 
 Needs root (``ip netns``); skipped with the reason when the namespace cannot be made."""
 
@@ -36,6 +37,7 @@ pytestmark = pytest.mark.slow
 LISTENER = 8080  # envoy.yaml's listener port, as in the pod
 SERVICES = ("authz", "ratelimit", "accounting")
 GRPC_PORTS = ("authz", "ratelimit", "accounting", "admin")
+CONSOLE = "console"  # authz's operator page (NZ_CONSOLE_LISTEN, loopback by default)
 LOCAL_ONLY = ("postgres", "redis", "mock_ollama")  # the pod's neighbours here, loopback only
 _CLI = Path(sys.executable).parent / "neuronetz-gateway"
 
@@ -182,6 +184,10 @@ def test_grpc_ports_are_not_reachable_from_outside(pod: Pod, name: str) -> None:
     assert _refused(pod.ip, pod.port(name))
 
 
+def test_the_operator_console_is_not_reachable_from_outside(pod: Pod) -> None:
+    assert _refused(pod.ip, pod.port(CONSOLE))
+
+
 def test_envoy_admin_is_not_reachable_from_outside(pod: Pod) -> None:
     port = urlsplit(pod.state["envoy_admin"]).port
     assert port is not None
@@ -195,8 +201,8 @@ def test_the_stacks_own_servers_are_not_reachable_from_outside(pod: Pod, name: s
 
 def test_the_probed_ports_do_answer_inside(pod: Pod) -> None:
     """The refusals above are the bind address, not a dead server: inside the namespace the
-    same gRPC ports take connections."""
-    ports = [str(pod.port(name)) for name in GRPC_PORTS]
+    same gRPC ports and the console take connections."""
+    ports = [str(pod.port(name)) for name in (*GRPC_PORTS, CONSOLE)]
     script = (
         "import socket, sys\n"
         "for p in sys.argv[1:]:\n"
