@@ -28,7 +28,7 @@ import asyncpg
 from accounting import backendmetrics, pgwrite
 from accounting.recent import Recent
 from accounting.stream import Outcome
-from gateway import endpoints
+from gateway import endpoints, logs
 from gateway.requestmeta import NAMESPACE as AUTHZ_NAMESPACE
 from gateway.requestmeta import RATELIMIT_NAMESPACE, Reason
 
@@ -49,6 +49,9 @@ _AUTHZ_REPLIED = "UAEX"
 # cannot name (500).
 _FROM_GRPC = {"0": 200, "13": 400, "16": 401, "7": 403, "12": 404, "14": 503}
 _RATE_LIMITED = "RL"
+
+
+_log = logs.get("accounting")
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,9 +331,31 @@ def _columns(batch: Sequence[Any]) -> list[list[Any]]:
     ]
 
 
+# Each key's last use (the admin API's ApiKey.last_used_at): the newest start among the batch's
+# rows of requests it authenticated (a tenant is known only after the key check), never moved
+# back. Keys are sent in prefix order (what two accountings' batches share, they name alike).
+_LAST_USED = """
+UPDATE gateway.api_keys AS k
+   SET last_used_at = u.ts
+  FROM unnest($1::text[], $2::timestamptz[]) AS u(prefix, ts)
+ WHERE k.prefix = u.prefix AND (k.last_used_at IS NULL OR k.last_used_at < u.ts)
+"""
+
+
+def last_uses(rows: Sequence[AuditRow]) -> dict[str, datetime]:
+    """Per key prefix, the newest start among ``rows`` of requests the key authenticated."""
+    newest: dict[str, datetime] = {}
+    for row in rows:
+        if row.key_prefix and row.tenant_id is not None:
+            seen = newest.get(row.key_prefix)
+            if seen is None or row.ts > seen:
+                newest[row.key_prefix] = row.ts
+    return dict(sorted(newest.items()))
+
+
 async def write(pool: asyncpg.Pool, rows: list[AuditRow]) -> None:
     """One multi-row INSERT; a request id already present is skipped (idempotent), an
-    aggregate present twice is written with its larger count."""
+    aggregate present twice is written with its larger count. Then the keys' last use."""
     latest: dict[tuple[str, datetime], AuditRow] = {}
     for row in rows:
         seen = latest.get((row.request_id, row.ts))
@@ -338,3 +363,12 @@ async def write(pool: asyncpg.Pool, rows: list[AuditRow]) -> None:
             latest[(row.request_id, row.ts)] = row
     unique = list(latest.values())
     await pgwrite.insert(pool, "audit_log", _INSERT, unique, _columns)
+    used = last_uses(unique)
+    if used:
+        try:
+            await pool.execute(_LAST_USED, list(used), list(used.values()))
+        except asyncpg.PostgresError as exc:
+            # The rows are written; one missed last use (a deadlock, a lock timeout) is mended
+            # by the key's next request. Losing the connection raises past this: the batch is
+            # kept and written again (idempotent), its last uses with it.
+            _log.warning("last use of keys not recorded", error=type(exc).__name__)

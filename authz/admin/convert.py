@@ -255,6 +255,7 @@ def key_pb(record: KeyRecord, now: datetime) -> pb.ApiKey:
         updated_at=_ts(record.updated_at),
         revoked_at=_ts(record.revoked_at),
         revoked_reason=record.revoked_reason or "",
+        last_used_at=_ts(record.last_used_at),
     )
     if record.allow_all is not None:
         message.allow_all = record.allow_all

@@ -57,6 +57,7 @@ class KeyRecord:
     updated_at: datetime
     revoked_at: datetime | None
     revoked_reason: str | None
+    last_used_at: datetime | None = None  # accounting writes it (accounting/audit.py)
 
 
 _TENANT_SQL = """
@@ -69,7 +70,7 @@ SELECT t.id::text AS id, t.name, t.status, t.allow_all, t.allowed_models, t.allo
 _KEY_SQL = """
 SELECT k.id::text AS id, k.tenant_id::text AS tenant_id, t.name AS tenant, k.prefix, k.name,
        k.status, k.scopes, k.allow_all, k.allowed_models, k.prompt_log, k.expires_at,
-       k.created_at, k.updated_at, k.revoked_at, k.revoked_reason, {limits}
+       k.created_at, k.updated_at, k.revoked_at, k.revoked_reason, k.last_used_at, {limits}
   FROM gateway.api_keys k
   JOIN gateway.tenants t ON t.id = k.tenant_id
   LEFT JOIN gateway.key_limits l ON l.key_id = k.id
@@ -126,6 +127,7 @@ def _key(row: asyncpg.Record) -> KeyRecord:
         updated_at=row["updated_at"],
         revoked_at=row["revoked_at"],
         revoked_reason=row["revoked_reason"],
+        last_used_at=row["last_used_at"],
     )
 
 

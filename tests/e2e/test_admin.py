@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -225,6 +226,70 @@ def test_the_full_key_appears_in_exactly_one_response(gw: Gateway, admin: Grpcur
     log = (gw.stack.work_dir / "logs" / "authz.log").read_text(errors="replace")
     assert secret not in log
     assert gw.stack.admin_token not in log
+
+
+def test_a_keys_last_use_is_its_newest_authenticated_request(gw: Gateway, admin: Grpcurl) -> None:
+    name = tenant_name()
+    admin.call("CreateTenant", {"name": name, "allow_all": True})
+    created = admin.call("CreateKey", {"tenant": name, "name": "last-use"})
+    full_key, prefix = created["fullKey"], created["key"]["prefix"]
+    assert "lastUsedAt" not in created["key"]  # never used
+
+    def last_used() -> str | None:
+        found: str | None = admin.call("GetKey", {"key": prefix}).get("lastUsedAt")
+        return found
+
+    def newest_audited() -> datetime:
+        rows = gw.sql("SELECT max(ts) AS ts FROM gateway.audit_log WHERE key_prefix = $1", prefix)
+        newest: datetime = rows[0]["ts"]
+        return newest
+
+    assert chat(gw, full_key).status_code == 200
+    first = poll(last_used, timeout_s=5.0, interval_s=0.1, what="lastUsedAt after a request")
+    assert _instant(first) == newest_audited()
+
+    # A request the key authenticated but policy refused is a use (403: model not allowed).
+    admin.call("UpdateKey", {"key": prefix, "allow_all": False, "allowed_models": {"models": []}})
+
+    def refused() -> httpx.Response | None:
+        reply = chat(gw, full_key)
+        return reply if reply.status_code == 403 else None
+
+    reply = poll(refused, timeout_s=2.0, what="the key refused the model after UpdateKey")
+    assert reply.json() == FORBIDDEN
+
+    def moved_on() -> str | None:
+        found = last_used()
+        return found if found != first else None
+
+    moved = poll(moved_on, timeout_s=5.0, interval_s=0.1, what="lastUsedAt moved by the 403")
+    assert _instant(moved) == newest_audited() > _instant(first)
+
+    # The right prefix with a wrong secret is not the key's use: nothing moves. (A 401 is
+    # audited in a per-minute aggregate, accounting/denials.py: wait for its count to grow.)
+    since = datetime.now(UTC) - timedelta(minutes=2)
+
+    def denied_401() -> int:
+        rows = gw.sql(
+            "SELECT coalesce(sum(count), 0) AS n FROM gateway.audit_log"
+            " WHERE status = 401 AND ts >= $1",
+            since,
+        )
+        count: int = rows[0]["n"]
+        return count
+
+    time.sleep(0.3)  # earlier 401s flushed (the audit buffer writes every 0.1 s)
+    before = denied_401()
+    forged = full_key[:-4] + ("aaaa" if not full_key.endswith("aaaa") else "bbbb")
+    assert chat(gw, forged).status_code == 401
+    poll(lambda: denied_401() > before, timeout_s=5.0, interval_s=0.1, what="the 401 audited")
+    time.sleep(0.3)  # what that batch would have updated, it has
+    assert last_used() == moved
+
+
+def _instant(rfc3339: str) -> datetime:
+    """A google.protobuf.Timestamp's JSON (RFC 3339, ``Z``) as a datetime."""
+    return datetime.fromisoformat(rfc3339)
 
 
 @pytest.mark.parametrize(

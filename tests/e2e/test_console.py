@@ -9,6 +9,7 @@ import itertools
 import json
 import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -117,9 +118,20 @@ def traffic(gw: Gateway) -> Caller:
             "SELECT coalesce(sum(count), 0) AS n FROM gateway.audit_log WHERE key_prefix = $1",
             caller.prefix,
         )
-        return bool(ledger[0]["n"] == 5 and audit[0]["n"] == 6)
+        # the key's last use: its newest request's start (the refused one: it was authenticated)
+        used = gw.sql(
+            "SELECT k.last_used_at = (SELECT max(ts) FROM gateway.audit_log"
+            "  WHERE key_prefix = k.prefix) AS newest FROM gateway.api_keys k WHERE prefix = $1",
+            caller.prefix,
+        )
+        return bool(ledger[0]["n"] == 5 and audit[0]["n"] == 6 and used[0]["newest"])
 
-    poll(accounted, timeout_s=15, interval_s=0.2, what="5 ledger rows and 6 audit rows")
+    poll(
+        accounted,
+        timeout_s=15,
+        interval_s=0.2,
+        what="5 ledger rows, 6 audit rows and the key's last use",
+    )
     return caller
 
 
@@ -191,10 +203,14 @@ def test_the_console_charts_a_tenants_usage_exactly_as_get_usage_reports_it(
     assert sum(c[2] for c in columns) == total["requests"]
     assert sum(c[3] for c in columns) == total["tokens_total"]
 
-    # the key: active, used within the last five minutes
+    # the key: active, last used when the admin API says (its newest request: the fixture)
     key_row = page.locator(f'#keys-body tr[data-prefix="{caller.prefix}"]')
     assert key_row.locator("td").nth(3).inner_text() == "active"
-    assert key_row.locator('td[data-field="last_use"]').inner_text() == "< 5 min ago"
+    last_used = admin.call("GetKey", {"key": caller.prefix})["lastUsedAt"]
+    last_use = key_row.locator('td[data-field="last_use"]')
+    assert last_use.get_attribute("data-value") == last_used
+    minute = datetime.fromisoformat(last_used).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    assert last_use.inner_text() == minute
     # the budget: the tenant's periods as GetBudget reports them
     budget = admin.call("GetBudget", {"tenant": caller.tenant})
     shown = page.eval_on_selector_all(

@@ -263,6 +263,7 @@ def test_migrate_creates_the_schema_then_applies_nothing(installed: Installed) -
         "0003_tenant_ceilings.sql",
         "0004_audit_backend.sql",
         "0005_audit_reason.sql",
+        "0006_key_last_used.sql",
     )
     assert [line.split() for line in before.stdout.splitlines()] == [
         ["pending", name, "-"] for name in shipped

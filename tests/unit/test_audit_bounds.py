@@ -7,7 +7,14 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
-from accounting.audit import AccessEntry, AuditRow, answered_status, clip, endpoint_of
+from accounting.audit import (
+    AccessEntry,
+    AuditRow,
+    answered_status,
+    clip,
+    endpoint_of,
+    last_uses,
+)
 from accounting.denials import DenialTally
 from gateway import auditparts
 
@@ -174,3 +181,24 @@ def test_day_partition_names() -> None:
     assert auditparts.day_of("audit_log_default") is None
     assert auditparts.day_of("audit_log_p20260231") is None
     assert auditparts.first_kept_day(date(2026, 3, 10), 10) == day.replace(day=28)
+
+
+def test_a_keys_last_use_counts_only_requests_it_authenticated_newest_first() -> None:
+    tenant = "7c1e9a52-0c1f-4b0e-9a55-1f4f0f2c1b11"
+    later = START.replace(minute=30)
+
+    def row(prefix: str | None, ts: datetime, tenant_id: str | None = tenant) -> AuditRow:
+        found = denial()
+        found.key_prefix, found.ts, found.tenant_id = prefix, ts, tenant_id
+        return found
+
+    rows = [
+        row("zzzzzzzzzzzz", START),
+        row("aaaaaaaaaaaa", later),
+        row("aaaaaaaaaaaa", START),  # older: never moves the use back
+        row("bbbbbbbbbbbb", later.replace(hour=9), tenant_id=None),  # no tenant: not the key's
+        row(None, later),
+    ]
+    used = last_uses(rows)
+    assert used == {"aaaaaaaaaaaa": later, "zzzzzzzzzzzz": START}
+    assert list(used) == ["aaaaaaaaaaaa", "zzzzzzzzzzzz"]  # prefix order
