@@ -333,7 +333,8 @@ def _columns(batch: Sequence[Any]) -> list[list[Any]]:
 
 # Each key's last use (the admin API's ApiKey.last_used_at): the newest start among the batch's
 # rows of requests it authenticated (a tenant is known only after the key check), never moved
-# back. Keys are sent in prefix order (what two accountings' batches share, they name alike).
+# back. Keys are sent in prefix order, so two accountings' batches meet the keys they share in
+# the same order.
 _LAST_USED = """
 UPDATE gateway.api_keys AS k
    SET last_used_at = u.ts
