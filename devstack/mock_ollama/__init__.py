@@ -51,7 +51,8 @@ lower-case headers, parsed body, raw body), so tests can prove what reached the 
 ``GET /_mock/info`` says which backend the mock plays (``--name``) and which models it hosts; a
 named mock sends ``x-mock-backend: <name>`` on every answer. ``POST /_mock/fault``
 (``{"status": 500}``, ``{"delay_s": 2.5}``, ``{}`` to heal) breaks or slows every later request
-outside ``/_mock``, so a test can fail one backend of several while its port stays open.
+outside ``/_mock`` — or, with ``"paths"``, only requests to those — so a test can fail one
+backend of several while its port stays open.
 
 Ollama quirks kept on purpose
 -----------------------------

@@ -8,7 +8,9 @@ Test-only control (Envoy never routes ``/_mock`` to a backend):
 * ``POST /_mock/fault`` ``{"status": 500}`` / ``{"delay_s": 2.5}`` / both / ``{}``: every later
   request outside ``/_mock`` waits ``delay_s`` before its answer starts, then, with ``status``,
   gets that status and the surface's error body (``{"error":"mock fault"}`` on ``/api/*``).
-  It is still recorded, so a test sees the attempt. ``{}`` heals the mock.
+  ``"paths": ["/api/chat", ...]`` limits the fault to those paths (its chat broken, its
+  ``/api/tags`` still answering discovery). A faulted request is still recorded, so a test sees
+  the attempt. ``{}`` heals the mock.
 * ``GET /_mock/info``: ``{"name": ..., "models": [...]}``, which backend this mock plays.
 
 A mock with a name (``--name``) sends ``x-mock-backend: <name>`` on every answer, so a test going
@@ -107,7 +109,7 @@ def _middleware(state: MockOllama) -> Middleware:
             )
         )
         fault = state.fault
-        if not request.path.startswith(_CONTROL_PREFIX):
+        if not request.path.startswith(_CONTROL_PREFIX) and fault.applies(request.path):
             if fault.delay_s > 0:
                 await asyncio.sleep(fault.delay_s)
             if fault.status is not None:
@@ -143,8 +145,17 @@ def _fault_control(state: MockOllama) -> Handler:
     async def set_fault(request: web.Request) -> web.StreamResponse:
         body = (BODY.get() or ParsedBody()).value
         body = {} if body is None else body
-        if not isinstance(body, dict) or set(body) - {"status", "delay_s"}:
-            raise ApiError(400, 'fault: expected {"status": 400..599, "delay_s": seconds} or {}')
+        if not isinstance(body, dict) or set(body) - {"status", "delay_s", "paths"}:
+            raise ApiError(
+                400,
+                'fault: expected {"status": 400..599, "delay_s": seconds, "paths": [...]} or {}',
+            )
+        paths = body.get("paths", [])
+        if not isinstance(paths, list) or not all(
+            isinstance(p, str) and p.startswith("/") and not p.startswith(_CONTROL_PREFIX)
+            for p in paths
+        ):
+            raise ApiError(400, "fault: paths must be a list of model-server paths (/api/chat)")
         status = body.get("status")
         if status is not None and (
             not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599
@@ -158,7 +169,7 @@ def _fault_control(state: MockOllama) -> Handler:
             or not 0 <= delay <= 600
         ):
             raise ApiError(400, "fault: delay_s must be a number of seconds from 0 to 600")
-        state.fault = Fault(status=status, delay_s=float(delay))
+        state.fault = Fault(status=status, delay_s=float(delay), paths=tuple(paths))
         return json_response(dataclasses.asdict(state.fault))
 
     return set_fault

@@ -13,12 +13,18 @@ REQUEST_HISTORY: Final = 200
 
 @dataclass(frozen=True)
 class Fault:
-    """What ``POST /_mock/fault`` set: every later model-server request waits ``delay_s`` before
-    its answer starts and, with ``status``, fails with it (a backend down, broken or slow, while
-    its port stays open). ``Fault()`` is a healthy mock."""
+    """What ``POST /_mock/fault`` set: every later model-server request — or, with ``paths``,
+    each request to one of them — waits ``delay_s`` before its answer starts and, with
+    ``status``, fails with it (a backend down, broken or slow, while its port stays open; with
+    ``paths``, e.g. its chat broken while ``/api/tags`` still answers discovery). ``Fault()`` is
+    a healthy mock."""
 
     status: int | None = None
     delay_s: float = 0.0
+    paths: tuple[str, ...] = ()  # () every path
+
+    def applies(self, path: str) -> bool:
+        return not self.paths or path in self.paths
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,9 @@ MOCKS = [
 # A backend's time to its first byte before the next is tried: long enough that a loaded CI
 # machine's mock answers in time (a try that times out counts towards ejecting the backend).
 TRY_TIMEOUT_S = 3.0
+# The paths a broken or slow backend fails on in the failover tests: inference, not discovery's
+# /api/tags (a backend discovery cannot reach drops out of routing by itself, after its TTL).
+CHAT_PATHS = ["/api/chat", "/v1/chat/completions"]
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +179,8 @@ def test_listings_are_the_union_of_the_backends_filtered_to_the_caller(many: Gat
 def test_a_backend_answering_500_hands_the_request_to_the_next_one(
     many: Gateway, who: Caller
 ) -> None:
-    fault(many, "gpu", {"status": 500})
+    # gpu's chat is broken; its /api/tags still answers, so discovery keeps it live.
+    fault(many, "gpu", {"status": 500, "paths": CHAT_PATHS})
     resp = chat(many, who, "llama3.2")
     assert (resp.status_code, resp.headers["x-mock-backend"]) == (200, "cpu")
     # A stream, through Ollama's own client: one whole answer, from the live backend.
@@ -203,7 +207,7 @@ def test_a_backend_answering_500_hands_the_request_to_the_next_one(
 
 
 def test_a_slow_backend_is_given_up_before_its_first_byte(many: Gateway, who: Caller) -> None:
-    fault(many, "gpu", {"delay_s": 3 * TRY_TIMEOUT_S})
+    fault(many, "gpu", {"delay_s": 3 * TRY_TIMEOUT_S, "paths": CHAT_PATHS})
     started = time.monotonic()
     resp = chat(many, who, "qwen2.5:0.5b")
     elapsed = time.monotonic() - started

@@ -104,7 +104,7 @@ async def test_a_fault_status_fails_every_request_but_still_records_it(
 ) -> None:
     client, state = named
     set_ = await client.post("/_mock/fault", json={"status": 500})
-    assert await set_.json() == {"status": 500, "delay_s": 0.0}
+    assert await set_.json() == {"status": 500, "delay_s": 0.0, "paths": []}
     native = await client.post("/api/chat", json={**CHAT, "messages": [{"content": "marker-1"}]})
     assert (native.status, await native.json()) == (500, {"error": "mock fault"})
     assert native.headers["x-mock-backend"] == "gpu"
@@ -146,9 +146,33 @@ async def test_a_fault_delay_holds_back_the_response_headers(
     assert time.monotonic() - started < 0.2
 
 
+async def test_a_fault_on_paths_breaks_those_and_leaves_discovery_answering(
+    named: tuple[Client, MockOllama],
+) -> None:
+    client, _ = named
+    chat_only = {"status": 500, "paths": ["/api/chat", "/v1/chat/completions"]}
+    set_ = await client.post("/_mock/fault", json=chat_only)
+    assert await set_.json() == {**chat_only, "delay_s": 0.0}
+    assert (await client.post("/api/chat", json=CHAT)).status == 500
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status == 500
+    tags = await client.get("/api/tags")
+    assert tags.status == 200 and (await tags.json())["models"]
+    assert (await client.post("/api/generate", json={"model": CHAT["model"]})).status == 200
+
+
 @pytest.mark.parametrize(
     "body",
-    [{"status": 200}, {"status": "500"}, {"status": True}, {"delay_s": -1}, {"slow": 1}, [500]],
+    [
+        {"status": 200},
+        {"status": "500"},
+        {"status": True},
+        {"delay_s": -1},
+        {"slow": 1},
+        [500],
+        {"status": 500, "paths": "/api/chat"},
+        {"status": 500, "paths": ["api/chat"]},
+        {"status": 500, "paths": ["/_mock/info"]},
+    ],
 )
 async def test_a_bad_fault_is_refused_and_changes_nothing(
     named: tuple[Client, MockOllama], body: Any
