@@ -1,11 +1,12 @@
 """Readiness that tells the truth: a service is SERVING only while the stores it cannot decide
 without answer (issue 15 §4).
 
-Each dependency is probed every ``interval_s`` (Redis ``PING``, PostgreSQL ``SELECT 1``) with
-a short timeout; the service's :class:`gateway.grpcserver.Health` (gRPC health of its names and
-"", and ``/readyz``) goes NOT_SERVING while any of them fails and back to SERVING once all
-answer again. Liveness (``/livez``) is not touched: a store outage is not a reason to restart
-the process, only to send traffic elsewhere.
+Each dependency is probed every ``interval_s`` (Redis ``PING``, PostgreSQL ``SELECT 1``; every
+``RECHECK_S`` while one is down) with a short timeout; the service's
+:class:`gateway.grpcserver.Health` (gRPC health of its names and "", and ``/readyz``) goes
+NOT_SERVING while any of them fails and back to SERVING once all answer again. Liveness
+(``/livez``) is not touched: a store outage is not a reason to restart the process, only to
+send traffic elsewhere.
 
 Which stores a service needs is its main's choice (docs/OPERATIONS.md, "Health"): authz Redis
 and PostgreSQL, the RLS Redis, accounting Redis only (it buffers rows while PostgreSQL is down
@@ -29,6 +30,10 @@ from gateway.storage import Store
 Probe = Callable[[], Awaitable[object]]
 INTERVAL_S = 1.0
 TIMEOUT_S = 0.5
+# While a store is down, probed this often: readiness comes back within this of the store's
+# return. (accounting's readiness is what authz refuses inference on: at the healthy interval a
+# one-second Redis blip left everything 503 for up to a second after Redis was back.)
+RECHECK_S = 0.1
 
 DEPENDENCY_UP = Gauge(
     "neuronetz_dependency_up",
@@ -128,10 +133,11 @@ class Readiness:
         return ok
 
     async def run(self) -> None:
-        """Probe forever (a background task; cancelled at shutdown)."""
+        """Probe forever (a background task; cancelled at shutdown): every ``interval_s``, and
+        every :data:`RECHECK_S` while a store is down."""
         while True:
-            await self.check()
-            await asyncio.sleep(self._interval_s)
+            ok = await self.check()
+            await asyncio.sleep(self._interval_s if ok else min(self._interval_s, RECHECK_S))
 
     async def _one(self, name: str) -> str:
         """Why the probe failed (the error's type), or "" when it answered in time."""

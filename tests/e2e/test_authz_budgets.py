@@ -22,6 +22,7 @@ from authz import payload
 from authz.request import AuthzRequest
 from gateway import budgets
 from gateway.periods import Period
+from tests.e2e.test_accounting_helpers import accounting_answering
 from tests.e2e.test_authz_support import CHAT, caller, chat, poll, rds
 from tests.gateway_client import Caller, Gateway
 from tests.redisclient import async_client
@@ -334,6 +335,9 @@ def test_redis_down_is_503_never_200(gw: Gateway) -> None:
             assert resp.status_code == 503
     finally:
         redis_proc.start()
+    # Accounting's readiness may have seen Redis down too: authz refuses inference (503,
+    # accounting_down) until it has seen accounting answer again. Not what this test is about.
+    accounting_answering(gw)
     poll(lambda: chat(gw, cold).status_code == 200, timeout_s=10, interval_s=0.2)
     # Every pooled connection from before the restart is stale: authz retries on a fresh one
     # instead of answering 503 (the RLS and accounting have their own pools).

@@ -76,6 +76,29 @@ async def test_redis_down_is_not_ready_and_back_is_ready(
     assert await served.statuses() == [SERVING, SERVING]
 
 
+async def test_a_store_back_is_ready_again_within_the_recheck_not_the_interval(
+    served: Served,
+) -> None:
+    answering = False
+
+    async def flaky() -> None:
+        if not answering:
+            raise ConnectionError("refused")
+
+    readiness = Readiness(served.health, {"flaky": flaky}, interval_s=30.0)
+    running = asyncio.create_task(readiness.run())
+    try:
+        await asyncio.sleep(0.05)
+        assert not served.health.serving()
+        answering = True
+        back = asyncio.get_running_loop().time()
+        while not served.health.serving():
+            assert asyncio.get_running_loop().time() - back < 1.0, "still not ready after 1 s"
+            await asyncio.sleep(0.01)
+    finally:
+        running.cancel()
+
+
 async def test_postgres_unreachable_is_not_ready(served: Served, no_postgres: asyncpg.Pool) -> None:
     readiness = Readiness(served.health, {"postgresql": postgres_probe(no_postgres)})
     assert not await readiness.check()
