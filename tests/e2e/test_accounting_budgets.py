@@ -57,17 +57,22 @@ def exhaust(gw: Gateway, who: Caller, body: dict[str, Any]) -> int:
     raise AssertionError("the budget was never exhausted")
 
 
-def test_64_concurrent_streams_never_overshoot_a_small_budget(gw: Gateway) -> None:
-    budget = 600
-    who = caller(gw, {"budget_total": budget})
-    body = {**CHAT, "options": {"num_predict": 20, "mock_frame_delay_ms": 10}}
+def concurrent_chats(gw: Gateway, who: Caller, body: dict[str, Any], count: int) -> list[int]:
+    """``count`` chats of ``who`` sent at once, one thread each: their statuses."""
 
     def one(_: int) -> int:
         with httpx.Client(timeout=30) as client:
             return client.post(f"{gw.url}/api/chat", json=body, headers=who.headers).status_code
 
-    with ThreadPoolExecutor(max_workers=64) as pool:
-        statuses = list(pool.map(one, range(64)))
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def test_64_concurrent_streams_never_overshoot_a_small_budget(gw: Gateway) -> None:
+    budget = 600
+    who = caller(gw, {"budget_total": budget})
+    body = {**CHAT, "options": {"num_predict": 20, "mock_frame_delay_ms": 10}}
+    statuses = concurrent_chats(gw, who, body, 64)
     assert set(statuses) <= {200, 429}, statuses
     assert statuses.count(200) >= 2
     total = settled(gw, who)

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import asyncpg
@@ -25,7 +24,12 @@ from gateway.periods import Period
 from gateway.settings import Settings
 from gateway.storage import pg_pool
 from tests.databases import fresh_database
-from tests.e2e.test_accounting_budgets import exhaust, settled, smallest_reservation
+from tests.e2e.test_accounting_budgets import (
+    concurrent_chats,
+    exhaust,
+    settled,
+    smallest_reservation,
+)
 from tests.e2e.test_accounting_helpers import (
     CHAT,
     PROMPT_WORDS,
@@ -234,13 +238,7 @@ def test_a_hard_budget_holds_exactly_under_concurrency(pooled: Gateway) -> None:
     budget = 600
     who = caller(pooled, {"budget_total": budget})
     body = {**CHAT, "options": {"num_predict": 20}}
-
-    def one(_: int) -> int:
-        with httpx.Client(timeout=30) as client:
-            return client.post(f"{pooled.url}/api/chat", json=body, headers=who.headers).status_code
-
-    with ThreadPoolExecutor(max_workers=32) as threads:
-        statuses = list(threads.map(one, range(32)))
+    statuses = concurrent_chats(pooled, who, body, 32)
     assert set(statuses) <= {200, 429}, statuses
     assert statuses.count(200) >= 2
     total = settled(pooled, who)  # the ledger (through PgBouncer) and Redis agree
